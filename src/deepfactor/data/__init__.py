@@ -1,0 +1,1 @@
+"""deepfactor data layer: readers, the ratings container, named datasets, splits."""
