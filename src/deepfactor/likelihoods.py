@@ -1,0 +1,225 @@
+"""Observation models: from the decoder's output ``eta`` to a distribution of ratings.
+
+Each family maps the real number ``eta_ij`` that the decoder gives for a
+(movie, user) pair to the distribution of the observed value ``r_ij``:
+
+======================  ==============================  ===========================
+family                  p(r | eta)                      data it accepts
+======================  ==============================  ===========================
+``normal``              Normal(eta, sigma), sigma > 0   any finite real (star ratings)
+                        learned
+``poisson``             Poisson(softplus(eta))          non-negative integers (counts)
+``bernoulli``           Bernoulli(logits=eta)           r > threshold is a "like"
+======================  ==============================  ===========================
+
+A likelihood also says how observed values are prepared (validated, and for
+Bernoulli thresholded), and how a set of posterior draws of ``eta`` becomes a
+posterior predictive summary (mean, sd, quantiles) and a log predictive density.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pyro import distributions as dist
+from pyro.nn import PyroModule, PyroParam
+from torch.distributions import constraints
+
+__all__ = ["Likelihood", "NormalLikelihood", "PoissonLikelihood", "BernoulliLikelihood",
+           "make_likelihood", "LIKELIHOODS"]
+
+# The Poisson rate softplus(eta) underflows to 0 for eta below about -100, which
+# would make log p(r > 0) = -inf; a floor far below any count scale keeps it finite.
+_MIN_POISSON_RATE = 1e-6
+
+
+class Likelihood(PyroModule):
+    """Base class: a family of observation distributions indexed by ``eta``."""
+
+    name: str = ""
+
+    def distribution(self, eta: torch.Tensor) -> dist.Distribution:
+        """p(r | eta), batch shape ``eta.shape``."""
+        raise NotImplementedError
+
+    def prepare(self, values: np.ndarray, *, source: str = "ratings") -> np.ndarray:
+        """Check observed ``values`` (shape ``(num_ratings,)``) and map them to targets."""
+        values = np.asarray(values, dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            bad = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise ValueError(f"{source}: rating {values[bad]!r} at row {bad} is not finite")
+        return values
+
+    def link_inverse_of_mean(self, mean: float) -> float:
+        """The ``eta`` whose predictive mean is ``mean``, to start the decoder there."""
+        return mean
+
+    def mean(self, eta: torch.Tensor) -> torch.Tensor:
+        """E[r | eta], same shape as ``eta``."""
+        return self.distribution(eta).mean
+
+    def log_predictive_density(self, eta: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """log (1/S) sum_s p(r | eta_s) for draws ``eta`` of shape ``(S, N)``; shape ``(N,)``."""
+        log_p = self.distribution(eta).log_prob(target)  # (S, N)
+        return torch.logsumexp(log_p, dim=0) - math.log(eta.shape[0])
+
+    def predictive_summary(
+        self, eta: torch.Tensor, quantiles: tuple[float, ...] = (0.05, 0.95)
+    ) -> dict[str, torch.Tensor]:
+        """Mean, sd and quantiles of the posterior predictive, from draws ``eta`` (S, N).
+
+        The predictive is the mixture (1/S) sum_s p(r | eta_s). Returns a dict of
+        ``(N,)`` tensors with keys ``mean``, ``sd`` and ``q05``-style quantile names.
+        """
+        raise NotImplementedError
+
+
+def quantile_key(q: float) -> str:
+    """Column name of quantile ``q``: 0.05 -> ``q05``, 0.975 -> ``q975``."""
+    digits = f"{q:.4f}".split(".")[1].rstrip("0")
+    return "q" + digits.ljust(2, "0")
+
+
+class NormalLikelihood(Likelihood):
+    """r ~ Normal(eta, sigma) with one learned noise scale ``sigma > 0``."""
+
+    name = "normal"
+
+    def __init__(self, init_scale: float = 1.0):
+        super().__init__()
+        self.sigma = PyroParam(torch.tensor(float(init_scale)), constraint=constraints.positive)
+
+    def distribution(self, eta):
+        return dist.Normal(eta, self.sigma)
+
+    def predictive_summary(self, eta, quantiles=(0.05, 0.95)):
+        sigma = self.sigma.detach()
+        mean = eta.mean(0)
+        # law of total variance over the S mixture components
+        sd = torch.sqrt(eta.var(0, unbiased=False) + sigma**2)
+        out = {"mean": mean, "sd": sd}
+        for q in quantiles:
+            out[quantile_key(q)] = _normal_mixture_quantile(eta, sigma, q)
+        return out
+
+
+def _normal_mixture_quantile(loc: torch.Tensor, scale: torch.Tensor, q: float) -> torch.Tensor:
+    """Quantile ``q`` of the equal-weight mixture of Normal(loc[s], scale); shape (N,).
+
+    Bisection on the mixture CDF, which is monotone; 50 halvings of a bracket a few
+    tens of sds wide reach float precision.
+    """
+    normal = torch.distributions.Normal(0.0, 1.0)
+    lo = loc.min(0).values - 10 * scale
+    hi = loc.max(0).values + 10 * scale
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        below = normal.cdf((mid - loc) / scale).mean(0) < q
+        lo = torch.where(below, mid, lo)
+        hi = torch.where(below, hi, mid)
+    return (lo + hi) / 2
+
+
+class PoissonLikelihood(Likelihood):
+    """r ~ Poisson(rate), rate = softplus(eta): positive, and linear for large eta."""
+
+    name = "poisson"
+
+    def rate(self, eta):
+        return F.softplus(eta).clamp(min=_MIN_POISSON_RATE)
+
+    def distribution(self, eta):
+        return dist.Poisson(self.rate(eta))
+
+    def prepare(self, values, *, source="ratings"):
+        values = super().prepare(values, source=source)
+        bad = np.flatnonzero((values < 0) | (values != np.round(values)))
+        if bad.size:
+            raise ValueError(
+                f"{source}: the Poisson likelihood needs non-negative integer counts; "
+                f"row {int(bad[0])} holds {values[bad[0]]!r} ({bad.size} such rows)"
+            )
+        return values
+
+    def link_inverse_of_mean(self, mean):
+        # inverse softplus: log(exp(m) - 1)
+        return float(mean + math.log(-math.expm1(-mean)))
+
+    def predictive_summary(self, eta, quantiles=(0.05, 0.95)):
+        rate = self.rate(eta)
+        mean = rate.mean(0)
+        # Var[r] = E[Var(r|rate)] + Var[E(r|rate)] = E[rate] + Var[rate]
+        sd = torch.sqrt(mean + rate.var(0, unbiased=False))
+        out = {"mean": mean, "sd": sd}
+        for q in quantiles:
+            out[quantile_key(q)] = _poisson_mixture_quantile(rate, q)
+        return out
+
+
+def _poisson_mixture_quantile(rate: torch.Tensor, q: float) -> torch.Tensor:
+    """Smallest integer k with mixture CDF(k) >= q, for rates (S, N); shape (N,)."""
+    # The mixture's quantile lies between the components' extreme quantiles; bisect
+    # on integers inside a generous bracket around the largest rate.
+    lo = torch.zeros(rate.shape[1], dtype=rate.dtype)
+    hi = (rate.max(0).values + 10 * rate.max(0).values.sqrt() + 10).ceil()
+    while bool((hi - lo > 0).any()):
+        mid = ((lo + hi) / 2).floor()
+        cdf = torch.special.gammaincc(mid + 1, rate).mean(0)  # P(r <= mid)
+        enough = cdf >= q
+        hi = torch.where(enough, mid, hi)
+        lo = torch.where(enough, lo, mid + 1)
+    return lo
+
+
+class BernoulliLikelihood(Likelihood):
+    """r ~ Bernoulli(logits=eta); observed values above ``threshold`` are likes (1)."""
+
+    name = "bernoulli"
+
+    def __init__(self, threshold: float | None = 3.0):
+        super().__init__()
+        self.threshold = threshold
+
+    def distribution(self, eta):
+        return dist.Bernoulli(logits=eta)
+
+    def prepare(self, values, *, source="ratings"):
+        values = super().prepare(values, source=source)
+        if self.threshold is not None:
+            return (values > self.threshold).astype(np.float64)
+        bad = np.flatnonzero((values != 0) & (values != 1))
+        if bad.size:
+            raise ValueError(
+                f"{source}: with no threshold the Bernoulli likelihood needs 0/1 values; "
+                f"row {int(bad[0])} holds {values[bad[0]]!r}"
+            )
+        return values
+
+    def link_inverse_of_mean(self, mean):
+        mean = min(max(mean, 1e-3), 1 - 1e-3)
+        return math.log(mean / (1 - mean))
+
+    def predictive_summary(self, eta, quantiles=(0.05, 0.95)):
+        p = torch.sigmoid(eta).mean(0)  # predictive probability of a like
+        out = {"mean": p, "sd": torch.sqrt(p * (1 - p))}
+        for q in quantiles:
+            # quantile q of Bernoulli(p) is 1 exactly when P(r = 0) = 1 - p < q
+            out[quantile_key(q)] = (1 - p < q).to(p.dtype)
+        return out
+
+
+LIKELIHOODS = {"normal": NormalLikelihood, "poisson": PoissonLikelihood,
+               "bernoulli": BernoulliLikelihood}
+
+
+def make_likelihood(name: str, *, threshold: float | None = 3.0) -> Likelihood:
+    """Build the likelihood called ``name`` (one of :data:`LIKELIHOODS`)."""
+    if name == "bernoulli":
+        return BernoulliLikelihood(threshold)
+    try:
+        return LIKELIHOODS[name]()
+    except KeyError:
+        raise ValueError(f"unknown likelihood {name!r}; choose from {sorted(LIKELIHOODS)}") from None
