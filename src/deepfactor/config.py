@@ -1,0 +1,224 @@
+"""The experiment configuration: one table of keys, each with its default and its check.
+
+A configuration is a TOML file with the sections ``[data]``, ``[model]``,
+``[guide]``, ``[train]`` and ``[eval]``; any key left out takes the default in
+:data:`KEYS`. ``--set section.key=value`` on the command line overrides one key, the
+value read as TOML (``--set model.latent_dim=50``, ``--set data.split='"u2"'``; a bare
+word that is not valid TOML is taken as a string). Every problem is a
+:class:`ConfigError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+__all__ = ["Config", "ConfigError", "KEYS", "load_config"]
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Key:
+    default: Any
+    kind: type | tuple[type, ...]
+    check: Callable[[Any], bool] | None
+    doc: str
+    expect: str = ""  # the check in words, for the error message
+
+
+def _choice(*options):
+    return lambda v: v in options, "one of " + ", ".join(repr(o) for o in options)
+
+
+def _positive_ints(v):
+    return all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
+
+
+def _key(default, kind, doc, check=None, expect=""):
+    if isinstance(check, tuple):
+        check, expect = check
+    return Key(default, kind, check, doc, expect)
+
+
+_pos = (lambda v: v > 0, "> 0")
+_nonneg = (lambda v: v >= 0, ">= 0")
+_fraction = (lambda v: 0 <= v < 1, "in [0, 1)")
+
+#: Every configuration key: default, type, check and meaning.
+KEYS: dict[str, Key] = {
+    # data
+    "data.dataset": _key("ml-100k", str, "named dataset", _choice("ml-100k", "synthetic")),
+    "data.path": _key("", str, "folder with the dataset's files ('' = search; see README)"),
+    "data.split": _key("u1", str, "u1..u5, ua, ub (MovieLens files) or 'random'",
+                       _choice("u1", "u2", "u3", "u4", "u5", "ua", "ub", "random")),
+    "data.test_fraction": _key(0.2, float, "test share of a 'random' split", _fraction),
+    "data.validation_fraction": _key(0.05, float,
+                                     "share of each user's training ratings carved out "
+                                     "for early stopping", _fraction),
+    "data.synthetic_movies": _key(1682, int, "synthetic: number of movies", _pos),
+    "data.synthetic_users": _key(943, int, "synthetic: number of users", _pos),
+    "data.synthetic_ratings": _key(100_000, int, "synthetic: number of ratings", _pos),
+    # model
+    "model.likelihood": _key("normal", str, "observation family",
+                             _choice("normal", "poisson", "bernoulli")),
+    "model.like_threshold": _key(3.0, float, "bernoulli: a rating above this is a like"),
+    "model.latent_dim": _key(20, int, "D, dimension of z_movie and z_user", _pos),
+    "model.decoder_hidden": _key([40], list, "hidden widths of the decoder",
+                                 (_positive_ints, "a list of positive integers")),
+    "model.decoder_activation": _key("tanh", str, "decoder nonlinearity",
+                                     _choice("tanh", "relu", "elu")),
+    "model.decoder_inputs": _key("product", str, "what the decoder reads",
+                                 _choice("product", "product+latents")),
+    "model.bias_latent": _key(False, bool, "one extra latent coordinate added to eta"),
+    # guide
+    "guide.encoder_hidden": _key([128], list, "hidden widths of each encoder",
+                                 (lambda v: len(v) > 0 and _positive_ints(v),
+                                  "a non-empty list of positive integers")),
+    # train
+    "train.elbo": _key("meanfield", str, "'trace' (Trace_ELBO) or 'meanfield' "
+                       "(TraceMeanField_ELBO, analytic KL)", _choice("trace", "meanfield")),
+    "train.lr": _key(0.01, float, "Adam learning rate", _pos),
+    "train.batch_size": _key(20_000, int, "ratings per minibatch", _pos),
+    "train.epochs": _key(200, int, "maximum number of epochs", _pos),
+    "train.kl_warmup_epochs": _key(0, int, "epochs over which the KL weight rises to 1",
+                                   _nonneg),
+    "train.kl_warmup_start": _key(0.1, float, "KL weight at the first epoch",
+                                  (lambda v: 0 < v <= 1, "in (0, 1]")),
+    "train.patience": _key(20, int, "epochs without validation gain before stopping "
+                           "(0 = never stop early)", _nonneg),
+    "train.monitor": _key("lpd", str, "validation score for early stopping",
+                          _choice("lpd", "rmse")),
+    "train.time_limit": _key(0.0, float, "stop after this many seconds (0 = no limit)",
+                             _nonneg),
+    "train.seed": _key(0, int, "seed of every random draw"),
+    "train.num_threads": _key(0, int, "torch threads (0 = torch's default)", _nonneg),
+    # eval
+    "eval.num_samples": _key(100, int, "posterior draws for predictions and metrics", _pos),
+}
+
+SECTIONS = sorted({k.split(".")[0] for k in KEYS})
+
+
+class Config(Mapping):
+    """A validated configuration: a read-only mapping from dotted key to value.
+
+    Build it with :func:`load_config` or :meth:`Config.from_dict`; attribute access by
+    section works too (``config["model.latent_dim"]``).
+    """
+
+    def __init__(self, values: Mapping[str, Any], source: str = "<config>"):
+        self._values = dict(values)
+        self.source = source
+
+    @classmethod
+    def from_dict(cls, nested: Mapping[str, Any] | None = None, *, source: str = "<config>",
+                  overrides: Iterable[str] = ()) -> Config:
+        """Validate a nested ``{section: {key: value}}`` table plus ``key=value`` overrides."""
+        values = {name: key.default for name, key in KEYS.items()}
+        values.update(_flatten(nested or {}, source))
+        for item in overrides:
+            name, value = _parse_override(item)
+            _check_name(name, "--set")
+            values[name] = value
+        for name, value in values.items():
+            values[name] = _validate(name, value, source)
+        return cls(values, source)
+
+    def replace(self, **dotted: Any) -> Config:
+        """A copy with keys replaced; pass dotted names via ``**{"train.seed": 3}``."""
+        nested: dict[str, dict[str, Any]] = {}
+        for name, value in {**self._values, **dotted}.items():
+            section, key = name.split(".", 1)
+            nested.setdefault(section, {})[key] = value
+        return Config.from_dict(nested, source=self.source)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Config({self.source!r}, {len(self)} keys)"
+
+    def nested(self) -> dict[str, dict[str, Any]]:
+        """The configuration as ``{section: {key: value}}``, as written to TOML."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, value in self._values.items():
+            section, key = name.split(".", 1)
+            out.setdefault(section, {})[key] = value
+        return out
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.nested())
+
+
+def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Config:
+    """Read and validate a TOML configuration file, then apply ``key=value`` overrides."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    try:
+        nested = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    return Config.from_dict(nested, source=str(path), overrides=overrides)
+
+
+def _flatten(nested: Mapping[str, Any], source: str) -> dict[str, Any]:
+    flat = {}
+    for section, table in nested.items():
+        if not isinstance(table, Mapping):
+            _check_name(section, source)  # a bare top-level key: name it
+            raise ConfigError(f"{source}: '{section}' must be a [section] table")
+        for key, value in table.items():
+            name = f"{section}.{key}"
+            _check_name(name, source)
+            flat[name] = value
+    return flat
+
+
+def _check_name(name: str, source: str) -> None:
+    if name not in KEYS:
+        close = difflib.get_close_matches(name, KEYS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{source}: unknown key '{name}'{hint}")
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set: expected key=value, got {item!r}")
+    name, text = (s.strip() for s in item.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare word such as u2 or poisson
+    return name, value
+
+
+def _validate(name: str, value: Any, source: str) -> Any:
+    key = KEYS[name]
+    if key.kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, key.kind) or (key.kind is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"{source}: '{name}' must be {key.kind.__name__}, got {value!r} ({key.doc})"
+        )
+    if key.check is not None and not key.check(value):
+        raise ConfigError(f"{source}: '{name}' must be {key.expect}, got {value!r}")
+    return value
