@@ -237,7 +237,9 @@ rows_strategy = st.lists(
     blank_before=st.lists(st.booleans(), min_size=25, max_size=25),
     pad=st.booleans(),
 )
-def test_well_formed_files_round_trip(rows, newline, bom, final_newline, blank_before, pad):
+def test_well_formed_files_round_trip(
+    rows, newline, bom, final_newline, blank_before, pad
+):
     spaces = " " if pad else ""
     lines, expected_line = [], []
     for (user, movie, rating, stamp), blank in zip(rows, blank_before):
@@ -245,7 +247,8 @@ def test_well_formed_files_round_trip(rows, newline, bom, final_newline, blank_b
             lines.append(spaces)
         lines.append(f"{spaces}{user}{spaces}\t{movie}\t{rating!r}\t{stamp}")
         expected_line.append(len(lines))
-    text = ("\ufeff" if bom else "") + newline.join(lines) + (newline if final_newline else "")
+    text = newline.join(lines) + (newline if final_newline else "")
+    text = ("\ufeff" if bom else "") + text
 
     with tempfile.TemporaryDirectory() as folder:
         ratings = read_ratings_file(write(Path(folder) / "r.tsv", text))
@@ -281,7 +284,8 @@ def test_single_corrupted_line_is_reported_with_its_line(rows, where, corruption
 
     with tempfile.TemporaryDirectory() as folder:
         path = write(Path(folder) / "r.tsv", text)
-        with pytest.raises(DataFormatError, match=error_at(path, bad + 1, re.escape(problem))):
+        expected = error_at(path, bad + 1, re.escape(problem))
+        with pytest.raises(DataFormatError, match=expected):
             read_ratings_file(path)
 
 
@@ -298,12 +302,18 @@ U_ITEM = (
 
 def test_movie_titles_are_read_as_latin1(tmp_path):
     titles = read_movie_titles(write(tmp_path / "u.item", U_ITEM, encoding="latin-1"))
-    assert titles == {"1": "Toy Story (1995)", "2": "Amélie (2001)", "3": "Heat (1995)"}
+    assert titles == {
+        "1": "Toy Story (1995)",
+        "2": "Amélie (2001)",
+        "3": "Heat (1995)",
+    }
 
 
 def test_repeated_movie_id_is_an_error(tmp_path):
-    path = write(tmp_path / "u.item", U_ITEM + "\n2|Again|||u|0|0|0\n", encoding="latin-1")
-    with pytest.raises(DataFormatError, match=error_at(path, 5, "movie id '2' already")):
+    text = U_ITEM + "\n2|Again|||u|0|0|0\n"
+    path = write(tmp_path / "u.item", text, encoding="latin-1")
+    expected = error_at(path, 5, "movie id '2' already on line 2")
+    with pytest.raises(DataFormatError, match=expected):
         read_movie_titles(path)
 
 
