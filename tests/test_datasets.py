@@ -178,7 +178,7 @@ def test_lookup_order_path_then_env_then_cache(tmp_path, monkeypatch):
     )
 
     assert resolve(given) == given
-    assert resolve(tmp_path / "empty") == env  # a path without the files is passed over
+    assert resolve() == env
     monkeypatch.delenv("DEEPFACTOR_DATA")
     assert resolve() == cache
 
@@ -186,13 +186,11 @@ def test_lookup_order_path_then_env_then_cache(tmp_path, monkeypatch):
 def test_not_found_without_download(tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPFACTOR_DATA", str(tmp_path / "data"))
     with pytest.raises(DatasetNotFoundError) as info:
-        resolve_dataset(
-            "ml-100k", tmp_path / "given", download=False, cache_dir=tmp_path
-        )
+        resolve_dataset("ml-100k", download=False, cache_dir=tmp_path)
 
     message = str(info.value)
     assert "\n" not in message
-    looked = [tmp_path / "given", tmp_path / "data" / "ml-100k", tmp_path / "ml-100k"]
+    looked = [tmp_path / "data" / "ml-100k", tmp_path / "ml-100k"]
     for folder in looked:
         assert str(folder) in message
     assert "downloading is switched off" in message
@@ -328,3 +326,14 @@ def test_http_error_is_a_not_found_error(server, tmp_path):
     with pytest.raises(DatasetNotFoundError, match=r"failed \(HTTP 404 "):
         resolve_dataset("ml-100k", spec=spec, cache_dir=cache, progress=False)
     assert files_under(cache) == []
+
+
+def test_explicit_path_without_the_files_is_an_error_not_a_fallback(tmp_path, monkeypatch):
+    # $DEEPFACTOR_DATA holds a valid copy, but the user named another folder: a typo
+    # must not silently fit other files.
+    good = tmp_path / "good" / "ml-100k"
+    good.mkdir(parents=True)
+    (good / "u.data").write_text("1\t1\t5\t0\n")
+    monkeypatch.setenv("DEEPFACTOR_DATA", str(tmp_path / "good"))
+    with pytest.raises(DatasetNotFoundError, match="given path"):
+        resolve_dataset("ml-100k", tmp_path / "typo", download=False)

@@ -142,8 +142,6 @@ def _found(spec: DatasetSpec, places: list[tuple[str, Path]]) -> Path | None:
         if folder is not None:
             logger.debug("dataset %s found in %s: %s", spec.name, label, folder)
             return folder
-        if label == _GIVEN_PATH:
-            logger.warning("%s has no %s; looking elsewhere", place, spec.marker)
     return None
 
 
@@ -349,14 +347,14 @@ def resolve_dataset(
     Returns
     -------
     pathlib.Path
-        The first of ``path`` (or ``path/<name>``), ``$DEEPFACTOR_DATA/<name>``
-        and ``<cache_dir>/<name>`` that holds the marker file (``u.data``); else
-        ``<cache_dir>/<name>`` after a successful download.
+        ``path`` (or ``path/<name>``) when ``path`` is given; otherwise the first of
+        ``$DEEPFACTOR_DATA/<name>`` and ``<cache_dir>/<name>`` that holds the marker
+        file (``u.data``), else ``<cache_dir>/<name>`` after a successful download.
 
     Raises
     ------
     DatasetNotFoundError
-        When no folder holds the files and downloading is off or fails; the
+        When an explicit ``path`` lacks the files, or when no folder holds them and downloading is off or fails; the
         one-line message says where it looked and where to put the files.
     DatasetIntegrityError
         When the downloaded archive fails its checksum (it is deleted) or holds
@@ -374,6 +372,13 @@ def resolve_dataset(
         spec = DATASETS[name]
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     places = _candidates(spec, path, cache)
+    if path is not None and _holding_folder(Path(path), spec) is None:
+        # An explicit path is what the user meant: falling back to other data on a
+        # typo would silently fit the wrong files.
+        raise DatasetNotFoundError(
+            f"dataset {spec.name!r} not found in the given path {path}: it holds neither "
+            f"{spec.marker} nor {spec.name}/{spec.marker}"
+        )
 
     found = _found(spec, places)
     if found is not None:
