@@ -29,29 +29,31 @@ import numpy as np
 import torch
 
 from .data.ratings import Ratings, SparseRows
+from .sparse import SparseMatrix
 
 __all__ = ["SparseBag", "Batch", "EncoderInputs", "RatingBatcher", "make_batch"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SparseBag:
-    """Observed ratings of a set of entities, laid end to end for ``nn.EmbeddingBag``.
+    """Observed ratings of a set of entities, as one sparse matrix for the encoders.
+
+    For entity ``e`` with ``n_e`` ratings ``{(k, v_ek)}`` over ``K`` columns (the
+    other entity type) the row of ``matrix`` holds two channels::
+
+        column k      presence:  n_e^-p            (entity k was rated)
+        column K + k  value:     v_ek * n_e^-p     (its standardized rating)
+
+    with pooling power ``p`` (1: mean, 0.5: the 1/sqrt(n) of SVD++).
 
     Attributes
     ----------
-    indices : LongTensor, shape (nnz,)
-        The other entity of each observed rating (users for a movie, and so on).
-    values : Tensor, shape (nnz,)
-        The encoder's view of each rating (standardized target).
-    offsets : LongTensor, shape (num_entities,)
-        Where each entity's ratings start in ``indices``.
+    matrix : SparseMatrix, shape (num_entities, 2 K)
     counts : Tensor, shape (num_entities,)
         Number of ratings of each entity (0 for an entity with none).
     """
 
-    indices: torch.Tensor
-    values: torch.Tensor
-    offsets: torch.Tensor
+    matrix: SparseMatrix
     counts: torch.Tensor
 
 
@@ -70,33 +72,46 @@ class EncoderInputs:
         The likelihood's targets for those ratings.
     center, spread : float
         Standardization of the targets, computed from training data only.
+    pooling_power : float
+        ``p`` of :class:`SparseBag`.
     """
 
-    def __init__(self, ratings: Ratings, targets: np.ndarray, center: float, spread: float):
+    def __init__(self, ratings: Ratings, targets: np.ndarray, center: float, spread: float,
+                 pooling_power: float = 0.5):
         standardized = (np.asarray(targets, dtype=np.float64) - center) / spread
         view = Ratings(ratings.movie, ratings.user, standardized, ratings.movie_ids,
                        ratings.user_ids, ratings.source)
         self.by_movie: SparseRows = view.by_movie()
         self.by_user: SparseRows = view.by_user()
         self.center, self.spread = float(center), float(spread)
+        self.pooling_power = float(pooling_power)
+        self._all: dict[str, SparseBag] = {}
 
-    def movie_bag(self, movies: np.ndarray) -> SparseBag:
-        """The bag of ``movies`` (indices, shape ``(num_selected,)``)."""
-        return _bag(self.by_movie, movies)
+    def movie_bag(self, movies: np.ndarray | None = None) -> SparseBag:
+        """The bag of ``movies`` (indices, shape ``(num_selected,)``; None: all, cached)."""
+        return self._bag("movie", self.by_movie, self.by_user.num_rows, movies)
 
-    def user_bag(self, users: np.ndarray) -> SparseBag:
-        """The bag of ``users`` (indices, shape ``(num_selected,)``)."""
-        return _bag(self.by_user, users)
+    def user_bag(self, users: np.ndarray | None = None) -> SparseBag:
+        """The bag of ``users`` (indices, shape ``(num_selected,)``; None: all, cached)."""
+        return self._bag("user", self.by_user, self.by_movie.num_rows, users)
 
+    def _bag(self, kind: str, rows: SparseRows, num_cols: int, selected) -> SparseBag:
+        if selected is None:
+            if kind not in self._all:
+                self._all[kind] = self._build(rows, np.arange(rows.num_rows), num_cols)
+            return self._all[kind]
+        return self._build(rows, np.asarray(selected), num_cols)
 
-def _bag(rows: SparseRows, selected: np.ndarray) -> SparseBag:
-    indices, values, offsets = rows.gather(selected)
-    return SparseBag(
-        indices=torch.from_numpy(indices),
-        values=torch.from_numpy(values).to(torch.get_default_dtype()),
-        offsets=torch.from_numpy(offsets),
-        counts=torch.from_numpy(rows.counts[selected]).to(torch.get_default_dtype()),
-    )
+    def _build(self, rows: SparseRows, selected: np.ndarray, num_cols: int) -> SparseBag:
+        indices, values, offsets = rows.gather(selected)
+        counts = rows.counts[selected]
+        weight = np.repeat(np.maximum(counts, 1) ** -self.pooling_power, counts)  # (nnz,)
+        # interleave the two channels of each entry, keeping each row's entries together
+        both_indices = np.stack([indices, indices + num_cols], axis=1).reshape(-1)
+        both_values = np.stack([weight, values * weight], axis=1).reshape(-1)
+        indptr = np.concatenate([2 * offsets, [2 * len(indices)]])
+        matrix = SparseMatrix.from_csr_arrays(indptr, both_indices, both_values, 2 * num_cols)
+        return SparseBag(matrix, torch.as_tensor(counts, dtype=torch.get_default_dtype()))
 
 
 @dataclass(frozen=True)
@@ -120,7 +135,10 @@ class Batch:
         gives each entity its weight ``w_i`` (see the module docstring), times the
         KL annealing factor.
     movie_bag, user_bag : SparseBag
-        The encoders' inputs for ``movies`` and ``users``.
+        The encoders' inputs: either exactly ``movies`` (``users``), or every entity
+        (the cached bag, cheaper when a batch touches most of them).
+    movie_rows, user_rows : LongTensor, shapes (num_batch_movies,), (num_batch_users,)
+        Row of the bag that belongs to each of ``movies`` (``users``).
     """
 
     rating_index: torch.Tensor
@@ -134,6 +152,8 @@ class Batch:
     user_scale: torch.Tensor
     movie_bag: SparseBag
     user_bag: SparseBag
+    movie_rows: torch.Tensor
+    user_rows: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.rating_index)
@@ -192,9 +212,20 @@ def make_batch(
         target=None if targets is None else torch.as_tensor(targets[positions], dtype=dtype),
         movie_scale=torch.as_tensor(movie_scale * kl_weight, dtype=dtype),
         user_scale=torch.as_tensor(user_scale * kl_weight, dtype=dtype),
-        movie_bag=inputs.movie_bag(movies),
-        user_bag=inputs.user_bag(users),
+        **_bag_fields("movie", inputs.movie_bag, movies, ratings.num_movies),
+        **_bag_fields("user", inputs.user_bag, users, ratings.num_users),
     )
+
+
+#: Above this share of all entities, a batch reads the cached bag of every entity
+#: instead of building its own: encoding a few extra rows costs less than the build.
+FULL_BAG_SHARE = 0.5
+
+
+def _bag_fields(kind: str, bag_of, selected: np.ndarray, num_entities: int) -> dict:
+    if len(selected) >= FULL_BAG_SHARE * num_entities:
+        return {f"{kind}_bag": bag_of(None), f"{kind}_rows": torch.from_numpy(selected)}
+    return {f"{kind}_bag": bag_of(selected), f"{kind}_rows": torch.arange(len(selected))}
 
 
 class RatingBatcher:

@@ -16,14 +16,15 @@ Sparse first layer
     The first layer of an encoder is linear in the sparse row. For entity ``i``
     with ratings ``{(k, v_ik)}`` (``v`` standardized from training data), it is
 
-    .. math::  a_i = \\frac{1}{n_i} \\sum_k (P_k + v_{ik} V_k) + c \\log(1 + n_i) + b
+    .. math::  a_i = n_i^{-p} \sum_k (P_k + v_{ik} V_k) + c \log(1 + n_i) + b
 
-    with one presence vector ``P_k`` and one value vector ``V_k`` per column ``k``,
-    computed with two ``nn.EmbeddingBag`` sums, so its cost is proportional to the
-    number of ratings read and no dense ``movies x users`` matrix is ever built. The
-    mean keeps the input on one scale for entities with 1 or 500 ratings; the
-    ``log(1 + n)`` term tells the encoder how much evidence it has, which the posterior
-    scale should reflect.
+    with one presence vector ``P_k`` and one value vector ``V_k`` per column ``k``:
+    one sparse-dense product (:class:`~deepfactor.sparse.SparseMatrix`), so its cost
+    is proportional to the number of ratings read and no dense ``movies x users``
+    matrix is ever built. The pooling power ``p`` (0.5 by default, as in SVD++)
+    keeps the input on one scale for entities with 1 or 500 ratings; the
+    ``log(1 + n)`` term tells the encoder how much evidence it has, which the
+    posterior scale should reflect.
 
 Entities with no training ratings (cold start) get the prior, ``N(0, I)``: their
 predictions come from the prior predictive.
@@ -54,7 +55,8 @@ class Encoder(nn.Module):
     Parameters
     ----------
     num_inputs : int
-        Number of columns of the rows it reads (``num_users`` for the movie encoder).
+        ``K``, the number of columns of the rows it reads (``num_users`` for the
+        movie encoder); its sparse layer has ``2 K`` input channels.
     latent_dim : int
         Length of the latent it outputs (``total_dim`` of the model).
     hidden : sequence of int
@@ -66,12 +68,10 @@ class Encoder(nn.Module):
         if not hidden:
             raise ValueError("an encoder needs at least one hidden layer")
         width = hidden[0]
-        self.presence = nn.EmbeddingBag(num_inputs, width, mode="sum")
-        self.value = nn.EmbeddingBag(num_inputs, width, mode="sum")
+        # rows 0..K-1: presence vectors P_k; rows K..2K-1: value vectors V_k
+        self.first = nn.Parameter(torch.randn(2 * num_inputs, width) / width**0.5)
         self.evidence = nn.Parameter(torch.zeros(width))
         self.first_bias = nn.Parameter(torch.zeros(width))
-        for bag in (self.presence, self.value):
-            nn.init.normal_(bag.weight, std=1.0 / width**0.5)
         layers: list[nn.Module] = []
         for w_in, w_out in zip(hidden[:-1], hidden[1:]):
             layers += [nn.Linear(w_in, w_out), nn.Tanh()]
@@ -86,10 +86,7 @@ class Encoder(nn.Module):
         -------
         loc, scale : Tensor, shape (num_entities, latent_dim)
         """
-        n = bag.counts.clamp(min=1).unsqueeze(-1)  # (E, 1)
-        mean_weight = 1.0 / n.squeeze(-1)[_row_of_entry(bag)]  # (nnz,) 1/n of the row
-        a = (self.presence(bag.indices, bag.offsets, per_sample_weights=mean_weight)
-             + self.value(bag.indices, bag.offsets, per_sample_weights=bag.values * mean_weight))
+        a = bag.matrix.matmul(self.first)  # (E, width): pooled P_k + v_k V_k
         a = a + self.evidence * torch.log1p(bag.counts).unsqueeze(-1) + self.first_bias
         h = self.body(torch.tanh(a))  # (E, hidden[-1])
         loc = self.loc(h)
@@ -98,12 +95,6 @@ class Encoder(nn.Module):
         # Cold-start entities have read nothing: their posterior is the prior.
         cold = (bag.counts == 0).unsqueeze(-1)
         return torch.where(cold, 0.0, loc), torch.where(cold, 1.0, scale)
-
-
-def _row_of_entry(bag: SparseBag) -> torch.Tensor:
-    """For each entry of the bag, the position of its entity; shape (nnz,)."""
-    lengths = bag.counts.to(torch.long)
-    return torch.repeat_interleave(torch.arange(len(lengths)), lengths)
 
 
 class AmortizedGuide(PyroModule):
@@ -125,12 +116,17 @@ class AmortizedGuide(PyroModule):
         self.num_movies, self.num_users = num_movies, num_users
 
     def forward(self, batch: Batch) -> None:
-        z_movie_loc, z_movie_scale = self.movie_encoder(batch.movie_bag)
+        z_movie_loc, z_movie_scale = _rows(self.movie_encoder(batch.movie_bag), batch.movie_rows)
         with pyro.plate("movies", self.num_movies, subsample=batch.movies, dim=-1), \
                 poutine.scale(scale=batch.movie_scale):
             pyro.sample("z_movie", dist.Normal(z_movie_loc, z_movie_scale).to_event(1))
 
-        z_user_loc, z_user_scale = self.user_encoder(batch.user_bag)
+        z_user_loc, z_user_scale = _rows(self.user_encoder(batch.user_bag), batch.user_rows)
         with pyro.plate("users", self.num_users, subsample=batch.users, dim=-1), \
                 poutine.scale(scale=batch.user_scale):
             pyro.sample("z_user", dist.Normal(z_user_loc, z_user_scale).to_event(1))
+
+
+def _rows(loc_scale: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor):
+    loc, scale = loc_scale
+    return loc[rows], scale[rows]  # (num_batch_entities, latent_dim) each

@@ -45,12 +45,17 @@ class Likelihood(PyroModule):
         """p(r | eta), batch shape ``eta.shape``."""
         raise NotImplementedError
 
-    def prepare(self, values: np.ndarray, *, source: str = "ratings") -> np.ndarray:
-        """Check observed ``values`` (shape ``(num_ratings,)``) and map them to targets."""
+    def prepare(self, values: np.ndarray, *, source: str = "ratings",
+                lines: np.ndarray | None = None) -> np.ndarray:
+        """Check observed ``values`` (shape ``(num_ratings,)``) and map them to targets.
+
+        ``lines`` (1-based line of each value in ``source``) lets errors name the line.
+        """
         values = np.asarray(values, dtype=np.float64)
-        if not np.all(np.isfinite(values)):
-            bad = int(np.flatnonzero(~np.isfinite(values))[0])
-            raise ValueError(f"{source}: rating {values[bad]!r} at row {bad} is not finite")
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise ValueError(f"{_where(source, lines, bad[0])}: rating {values[bad[0]]:g} "
+                             "is not finite")
         return values
 
     def link_inverse_of_mean(self, mean: float) -> float:
@@ -75,6 +80,11 @@ class Likelihood(PyroModule):
         ``(N,)`` tensors with keys ``mean``, ``sd`` and ``q05``-style quantile names.
         """
         raise NotImplementedError
+
+
+def _where(source: str, lines: np.ndarray | None, row: int) -> str:
+    """``file:line`` of ``row`` when lines are known, else ``file, row k``."""
+    return f"{source}:{int(lines[row])}" if lines is not None else f"{source}, row {int(row)}"
 
 
 def quantile_key(q: float) -> str:
@@ -134,13 +144,14 @@ class PoissonLikelihood(Likelihood):
     def distribution(self, eta):
         return dist.Poisson(self.rate(eta))
 
-    def prepare(self, values, *, source="ratings"):
-        values = super().prepare(values, source=source)
+    def prepare(self, values, *, source="ratings", lines=None):
+        values = super().prepare(values, source=source, lines=lines)
         bad = np.flatnonzero((values < 0) | (values != np.round(values)))
         if bad.size:
             raise ValueError(
-                f"{source}: the Poisson likelihood needs non-negative integer counts; "
-                f"row {int(bad[0])} holds {values[bad[0]]!r} ({bad.size} such rows)"
+                f"{_where(source, lines, bad[0])}: rating {values[bad[0]]:g} is not a "
+                f"non-negative integer count, which the Poisson likelihood needs "
+                f"({bad.size} such ratings)"
             )
         return values
 
@@ -186,15 +197,15 @@ class BernoulliLikelihood(Likelihood):
     def distribution(self, eta):
         return dist.Bernoulli(logits=eta)
 
-    def prepare(self, values, *, source="ratings"):
-        values = super().prepare(values, source=source)
+    def prepare(self, values, *, source="ratings", lines=None):
+        values = super().prepare(values, source=source, lines=lines)
         if self.threshold is not None:
             return (values > self.threshold).astype(np.float64)
         bad = np.flatnonzero((values != 0) & (values != 1))
         if bad.size:
             raise ValueError(
-                f"{source}: with no threshold the Bernoulli likelihood needs 0/1 values; "
-                f"row {int(bad[0])} holds {values[bad[0]]!r}"
+                f"{_where(source, lines, bad[0])}: rating {values[bad[0]]:g} is not 0 or "
+                "1, which the Bernoulli likelihood needs when no threshold is set"
             )
         return values
 

@@ -108,7 +108,8 @@ def run_svi(
     batcher : RatingBatcher
     validate : callable
         Returns validation scores for the current parameters, keyed ``lpd``,
-        ``rmse``, ...; higher ``lpd`` and lower ``rmse`` are better.
+        ``rmse``, ...; higher ``lpd`` and lower ``rmse`` are better. An empty dict
+        (no validation set) keeps the last epoch.
     monitor : {"lpd", "rmse"}
         The score early stopping follows.
     patience : int
@@ -159,13 +160,14 @@ def run_svi(
                "seconds": time.perf_counter() - start,
                **{f"val_{k}": v for k, v in scores.items()}}
         result.history.append(row)
+        score = scores.get(monitor)  # None when there is no validation set
         bar.set_postfix(loss=f"{row['loss_per_rating']:.4f}",
-                        **{monitor: f"{scores[monitor]:.4f}"})
+                        **({monitor: f"{score:.4f}"} if score is not None else {}))
         log.debug("epoch %d: %s", epoch, row)
 
-        if beta == 1.0 and sign * scores[monitor] > best_score:
-            best_score, best_state, since_best = sign * scores[monitor], None, 0
-            best_state = copy.deepcopy(loss_fn.state_dict())
+        if beta == 1.0 and (score is None or sign * score > best_score):
+            best_score = -math.inf if score is None else sign * score
+            best_state, since_best = copy.deepcopy(loss_fn.state_dict()), 0
             result.best_epoch = epoch
         elif beta == 1.0:
             since_best += 1

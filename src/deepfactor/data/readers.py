@@ -33,6 +33,7 @@ __all__ = [
     "DataFormatError",
     "read_movie_genres",
     "read_movie_titles",
+    "read_pairs",
     "read_ratings_file",
 ]
 
@@ -442,3 +443,48 @@ def _genre_flags(row: list[str], num_genres: int, path: Path, number: int) -> li
                 f"{_where(str(path), number)}: genre flag {token!r} is not 0 or 1"
             )
     return [int(token) for token in tokens]
+
+
+# -------------------------------------------------------------------- query pairs
+
+#: First fields that mark a header line in a pairs file.
+_USER_HEADERS = ("user", "userid", "user_id")
+
+
+def read_pairs(path: PathLike, *, encoding: str = "utf-8-sig") -> tuple[list[str], list[str]]:
+    """Read (user, movie) raw-id pairs: the first two fields of each line.
+
+    The separator is taken from the first line (tab, ``::``, comma, else any
+    whitespace), a header whose first field is ``user`` (or ``userId``, ``user_id``)
+    is skipped, and further fields are ignored, so a MovieLens split file such as
+    ``u1.test`` is accepted as it is.
+
+    Returns
+    -------
+    users, movies : list of str, length num_pairs
+        In file order.
+
+    Raises
+    ------
+    DataFormatError
+        ``file:line:`` for a line with fewer than two fields, or a file without pairs.
+    """
+    source = str(path)
+    lines, numbers = _content_lines(_read_text(Path(path), encoding))
+    if not lines:
+        raise DataFormatError(f"{source}: no pairs (the file is empty or blank)")
+    first = lines[0]
+    sep = next((s for s in ("\t", "::", ",") if s in first), None)
+    users, movies = [], []
+    for text, number in zip(lines, numbers):
+        fields = [f.strip() for f in (text.split(sep) if sep else text.split())]
+        if number == numbers[0] and fields[0].lower() in _USER_HEADERS:
+            continue
+        if len(fields) < 2 or not fields[0] or not fields[1]:
+            raise DataFormatError(f"{_where(source, int(number))}: expected a user and a "
+                                  f"movie id, found {text.strip()!r}")
+        users.append(fields[0])
+        movies.append(fields[1])
+    if not users:
+        raise DataFormatError(f"{source}: no pairs after the header")
+    return users, movies

@@ -1,0 +1,202 @@
+"""Command line: ``deepfactor fit | evaluate | predict``. A thin layer over the library.
+
+Every user error (a bad configuration, data file, checkpoint or id) ends with one line
+``deepfactor: error: ...`` on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+
+# On a busy machine, OpenMP threads that spin-wait can make torch many times slower;
+# the wait policy is read once, when torch loads, so it is set before any import of it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import io  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+__all__ = ["main"]
+
+log = logging.getLogger("deepfactor")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepfactor",
+        description="Bayesian deep matrix factorization with amortized variational inference.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="fit a model and score its held-out split")
+    fit.add_argument("config", help="experiment configuration, e.g. models/gaussian.toml")
+    fit.add_argument("--out", help="run directory to write (default: runs/<config>-<time>)")
+    fit.add_argument("--seed", type=int, help="overrides train.seed")
+    fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one configuration key, e.g. --set model.latent_dim=50")
+    fit.add_argument("--data", help="folder with the dataset's files (overrides data.path)")
+    fit.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    fit.add_argument("--overwrite", action="store_true",
+                     help="replace an existing run in --out")
+
+    ev = sub.add_parser("evaluate", help="re-score a saved run")
+    ev.add_argument("run", help="run directory written by fit")
+    ev.add_argument("--split", help="score this split's test file (default: the run's)")
+    ev.add_argument("--data", help="folder with the dataset's files")
+
+    pr = sub.add_parser("predict", help="posterior predictive summaries for (user, movie) pairs")
+    pr.add_argument("run", help="run directory written by fit")
+    pr.add_argument("--pairs", required=True,
+                    help="file of user and movie raw ids, one pair a line (u1.test works)")
+    pr.add_argument("--out", required=True, help="CSV file to write")
+    pr.add_argument("--samples", type=int, help="posterior draws (default: eval.num_samples)")
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data.datasets import DatasetIntegrityError, DatasetNotFoundError
+    from .data.readers import DataFormatError
+    from .train import TrainingDiverged
+    return (ConfigError, DataFormatError, DatasetNotFoundError, DatasetIntegrityError,
+            CheckpointError, TrainingDiverged, UsageError, KeyError)
+
+
+class UsageError(ValueError):
+    """A problem with the command's arguments that argparse cannot see."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="deepfactor: %(message)s")
+    try:
+        return {"fit": _fit, "evaluate": _evaluate, "predict": _predict}[args.command](args)
+    except _user_errors() as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"deepfactor: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("deepfactor: interrupted", file=sys.stderr)
+        return 130
+
+
+# -- fit --------------------------------------------------------------------------------
+
+
+def _fit(args) -> int:
+    from .checkpoint import write_json, write_text
+    from .config import load_config
+    from .fitting import fit
+    from .reproducibility import environment
+
+    overrides = list(args.set) + ([f"train.seed={args.seed}"] if args.seed is not None else [])
+    config = load_config(args.config, overrides)
+    out = Path(args.out) if args.out else Path("runs") / (
+        f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (out / "model.pt").exists() and not args.overwrite:
+        raise UsageError(f"{out} already holds a run; choose another --out or pass --overwrite")
+
+    fitted = fit(config, data_dir=args.data, progress=not args.quiet)
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.toml", config.to_toml())
+    fitted.save(out)
+    write_json(out / "metrics.json", fitted.metrics)
+    write_text(out / "trace.csv", _csv(fitted.history))
+    write_json(out / "environment.json", {**environment(), "seed": config["train.seed"],
+                                          "command": sys.argv})
+    if not args.quiet:
+        print(_summary(fitted.metrics, f"{config['data.split']} test"))
+        print(f"run written to {out}")
+    return 0
+
+
+def _csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _summary(metrics: dict, label: str) -> str:
+    """A small table: our held-out metrics beside the two reference predictors."""
+    from .metrics import METRIC_KEYS
+
+    test = metrics["test"]
+    keys = [*METRIC_KEYS[metrics["likelihood"]], "lpd"]
+    refs = metrics["reference"]
+    lines = [f"{label}: {test['num_ratings']} ratings scored ({test['num_cold']} cold start), "
+             f"{metrics['likelihood']} likelihood",
+             f"{'metric':<10}{'deepfactor':>12}{'global_mean':>13}{'bias':>10}"]
+    for key in keys:
+        cells = [test[key], refs["global_mean"][key], refs["bias"][key]]
+        lines.append(f"{key:<10}" + "".join(
+            f"{'-' if c is None else f'{c:.4f}':>{w}}" for c, w in zip(cells, (12, 13, 10))))
+    if "fit" in metrics:
+        fit = metrics["fit"]
+        lines.append(f"fit: {fit['seconds']:.1f} s, {fit['epochs']} epochs (kept {fit['best_epoch']}"
+                     f"), ELBO {fit['final_elbo_per_rating']:.4f} nats per rating")
+    return "\n".join(lines)
+
+
+# -- evaluate ---------------------------------------------------------------------------
+
+
+def _evaluate(args) -> int:
+    from .checkpoint import write_json
+    from .fitted import FittedModel, load
+    from .fitting import evaluate, load_data
+
+    fitted = load(args.run)
+    fitted_split = fitted.config["data.split"]
+    split = args.split or fitted_split
+    config = fitted.config.replace(**{"data.split": split})
+    data = load_data(config, args.data)
+    if split != fitted_split:
+        # Re-encode from this split's own training file: the encoders read it, and
+        # never its test file. The decoder still learned from the run's split.
+        fitted = FittedModel(config, fitted.model, fitted.guide,
+                             _as_targets(fitted, data.train), fitted.inputs.center,
+                             fitted.inputs.spread)
+        log.warning("the model was fitted on split %s; its decoder saw ratings that may "
+                    "be in %s.test, so these scores can be optimistic", fitted_split, split)
+    metrics = evaluate(fitted, data.test)
+    path = Path(args.run) / f"evaluation-{split}.json"
+    write_json(path, metrics)
+    print(_summary(metrics, f"{split} test"))
+    print(f"written to {path}")
+    return 0
+
+
+def _as_targets(fitted, ratings):
+    from .fitting import _with_targets
+
+    return _with_targets(fitted.reindex(ratings), fitted.model.likelihood)
+
+
+# -- predict ----------------------------------------------------------------------------
+
+
+def _predict(args) -> int:
+    from .checkpoint import write_text
+    from .data.readers import read_pairs
+    from .fitted import load
+
+    fitted = load(args.run)
+    users, movies = read_pairs(args.pairs)
+    frame = fitted.predict(users, movies, num_samples=args.samples)
+    write_text(args.out, frame.to_csv(index=False))
+    log.info("wrote %d predictions to %s", len(frame), args.out)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

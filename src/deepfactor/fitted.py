@@ -1,0 +1,194 @@
+"""The fitted object: model, guide, id maps and posterior, with save, load and predict.
+
+A :class:`FittedModel` needs no data files once built: it keeps the training ratings
+its encoders read (as index arrays), so a fresh process can load a run directory and
+predict, re-encode, or score new pairs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import numpy as np
+import pandas as pd
+import torch
+
+from .batching import EncoderInputs
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import Config, ConfigError
+from .data.ratings import IdIndex, Ratings
+from .guide import AmortizedGuide, Encoder
+from .likelihoods import make_likelihood
+from .model import Decoder, MatrixFactorization
+from .predict import Posterior, encode_posterior, predictive_summaries
+
+__all__ = ["FittedModel", "build_modules", "load"]
+
+CHECKPOINT_NAME = "model.pt"
+
+
+def build_modules(config: Config, num_movies: int, num_users: int
+                  ) -> tuple[MatrixFactorization, AmortizedGuide]:
+    """Model and guide with the sizes of ``config`` (parameters freshly initialized)."""
+    likelihood = make_likelihood(config["model.likelihood"],
+                                 threshold=config["model.like_threshold"])
+    decoder = Decoder(config["model.latent_dim"], tuple(config["model.decoder_hidden"]),
+                      inputs=config["model.decoder_inputs"],
+                      bias_latent=config["model.bias_latent"],
+                      activation=config["model.decoder_activation"])
+    model = MatrixFactorization(num_movies, num_users, decoder, likelihood)
+    hidden = tuple(config["guide.encoder_hidden"])
+    guide = AmortizedGuide(Encoder(num_users, model.total_dim, hidden),
+                           Encoder(num_movies, model.total_dim, hidden),
+                           num_movies, num_users)
+    return model, guide
+
+
+class FittedModel:
+    """A fitted deepfactor model.
+
+    Attributes
+    ----------
+    config : Config
+    model : MatrixFactorization
+    guide : AmortizedGuide
+    movie_ids, user_ids : IdIndex
+    encoder_ratings : Ratings
+        The ratings the encoders read (the whole training split); values are the
+        likelihood's targets.
+    inputs : EncoderInputs
+    posterior : Posterior
+        q for every movie and user, from ``encoder_ratings``; recomputed on load,
+        since the encoders are deterministic.
+    metrics : dict
+        As written to ``metrics.json`` (empty until evaluated).
+    history : list of dict
+        The per-epoch trace of training (empty after :meth:`load`).
+    """
+
+    def __init__(self, config: Config, model: MatrixFactorization, guide: AmortizedGuide,
+                 encoder_ratings: Ratings, center: float, spread: float,
+                 metrics: dict | None = None, history: list[dict] | None = None):
+        self.config, self.model, self.guide = config, model, guide
+        self.encoder_ratings = encoder_ratings
+        self.movie_ids, self.user_ids = encoder_ratings.movie_ids, encoder_ratings.user_ids
+        self.inputs = EncoderInputs(encoder_ratings, encoder_ratings.rating, center, spread)
+        self.model.eval()
+        self.guide.eval()
+        self.posterior: Posterior = encode_posterior(guide, self.inputs, len(self.movie_ids),
+                                                     len(self.user_ids))
+        self.metrics = metrics or {}
+        self.history = history or []
+
+    @property
+    def likelihood(self) -> str:
+        return self.config["model.likelihood"]
+
+    # -- prediction ---------------------------------------------------------------------
+
+    def summaries(self, movie: np.ndarray, user: np.ndarray, *, target: np.ndarray | None = None,
+                  quantiles: tuple[float, ...] = (0.05, 0.95), num_samples: int | None = None,
+                  seed: int | None = None) -> dict[str, np.ndarray]:
+        """Posterior predictive summaries at index pairs; see :func:`predictive_summaries`."""
+        return predictive_summaries(
+            self.model, self.posterior, np.asarray(movie), np.asarray(user),
+            num_samples=num_samples or self.config["eval.num_samples"],
+            seed=self.config["train.seed"] if seed is None else seed,
+            target=target, quantiles=quantiles)
+
+    def predict(self, users, movies, *, quantiles: tuple[float, ...] = (0.05, 0.95),
+                num_samples: int | None = None, seed: int | None = None) -> pd.DataFrame:
+        """Posterior predictive mean, sd and quantiles for (user, movie) raw-id pairs.
+
+        Parameters
+        ----------
+        users, movies : sequence of raw ids, length N
+            Compared as strings: ``196`` and ``"196"`` are the same user.
+        quantiles : tuple of float
+        num_samples, seed : int, optional
+            Posterior draws and their seed (defaults: the run's configuration).
+
+        Returns
+        -------
+        DataFrame
+            One row per pair, in input order: ``user``, ``movie``, ``mean``, ``sd`` and
+            one column per quantile (``q05``, ``q95``). For Bernoulli, ``mean`` is the
+            probability of a like.
+
+        Raises
+        ------
+        KeyError
+            Naming the user or movie ids that the model does not know.
+        """
+        users, movies = [str(u) for u in users], [str(m) for m in movies]
+        if len(users) != len(movies):
+            raise ValueError(f"{len(users)} users but {len(movies)} movies")
+        user_index = self.user_ids.index_of(users, what="user id")
+        movie_index = self.movie_ids.index_of(movies, what="movie id")
+        out = self.summaries(movie_index, user_index, quantiles=quantiles,
+                             num_samples=num_samples, seed=seed)
+        frame = pd.DataFrame({"user": users, "movie": movies})
+        for key, value in out.items():
+            frame[key] = value
+        return frame
+
+    def reindex(self, ratings: Ratings) -> Ratings:
+        """``ratings`` expressed against this model's id maps (all ids must be known)."""
+        if ratings.movie_ids == self.movie_ids and ratings.user_ids == self.user_ids:
+            return ratings
+        return Ratings(self.movie_ids.index_of(ratings.movie_ids.raw_of(ratings.movie),
+                                               what="movie id"),
+                       self.user_ids.index_of(ratings.user_ids.raw_of(ratings.user),
+                                              what="user id"),
+                       ratings.rating, self.movie_ids, self.user_ids, ratings.source,
+                       ratings.line)
+
+    # -- persistence --------------------------------------------------------------------
+
+    def save(self, run_dir: str | os.PathLike) -> Path:
+        """Write ``model.pt`` into ``run_dir`` (atomically); returns its path."""
+        path = Path(run_dir) / CHECKPOINT_NAME
+        r = self.encoder_ratings
+        save_checkpoint(path, {
+            "config": self.config.nested(),
+            "model": self.model.state_dict(),
+            "guide": self.guide.state_dict(),
+            "movie_ids": self.movie_ids.raw,
+            "user_ids": self.user_ids.raw,
+            "encoder_ratings": {"movie": torch.from_numpy(r.movie), "user": torch.from_numpy(r.user),
+                                "target": torch.from_numpy(r.rating)},
+            "input_standardization": {"center": self.inputs.center, "spread": self.inputs.spread},
+        })
+        return path
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike) -> FittedModel:
+        """Load a run directory (or a ``model.pt`` path) written by :meth:`save`."""
+        path = Path(run_dir)
+        if path.is_dir():
+            path = path / CHECKPOINT_NAME
+        state = load_checkpoint(path)
+        try:
+            config = Config.from_dict(state["config"], source=str(path))
+        except ConfigError as err:
+            raise CheckpointError(f"{path}: its configuration is not valid for this version "
+                                  f"of deepfactor: {err}") from None
+        movie_ids, user_ids = IdIndex(state["movie_ids"]), IdIndex(state["user_ids"])
+        model, guide = build_modules(config, len(movie_ids), len(user_ids))
+        try:
+            model.load_state_dict(state["model"])
+            guide.load_state_dict(state["guide"])
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}: parameters do not fit its configuration "
+                                  f"({str(err).splitlines()[0]})") from None
+        r = state["encoder_ratings"]
+        ratings = Ratings(r["movie"].numpy(), r["user"].numpy(), r["target"].numpy(),
+                          movie_ids, user_ids, source=str(path))
+        std = state["input_standardization"]
+        return cls(config, model, guide, ratings, std["center"], std["spread"])
+
+
+def load(run_dir: str | os.PathLike) -> FittedModel:
+    """Load a fitted model from a run directory; see :meth:`FittedModel.load`."""
+    return FittedModel.load(run_dir)
+

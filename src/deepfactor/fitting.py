@@ -1,0 +1,228 @@
+"""From a configuration to a fitted, evaluated model: data, modules, SVI, metrics.
+
+:func:`fit` is the one entry point the CLI and the analysis scripts call. It keeps
+the held-out ratings away from everything the fit touches:
+
+* the **test** ratings of the split are read only by :func:`evaluate`, after training;
+* the **validation** ratings, carved from the training split with the seed, are
+  scored during training for early stopping, and are hidden from the encoders then;
+* the encoder inputs, their standardization and the decoder's starting bias come from
+  the remaining **fit** ratings only.
+
+After training, the encoders read the whole training split (fit plus validation) to
+give the posterior that predictions use: no test rating is ever read by an encoder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyro
+import torch
+
+from .baselines import BiasModel, GlobalMean, plugin_lpd
+from .batching import EncoderInputs, RatingBatcher
+from .config import Config
+from .data.datasets import resolve_dataset
+from .data.ratings import Ratings
+from .data.readers import read_ratings_file
+from .data.splits import carve_validation, load_split
+from .fitted import FittedModel, build_modules
+from .metrics import METRIC_KEYS, rating_metrics
+from .predict import encode_posterior, predictive_summaries
+from .reproducibility import configure_threads, set_seed
+from .simulate import SyntheticTruth, simulate
+from .train import make_elbo, run_svi
+
+__all__ = ["SplitData", "load_data", "fit", "evaluate", "random_split"]
+
+log = logging.getLogger(__name__)
+
+#: Posterior draws per validation score: enough to rank epochs, cheap every epoch.
+VALIDATION_DRAWS = 20
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """Training and test ratings sharing id maps; ``truth`` is set for synthetic data."""
+
+    train: Ratings
+    test: Ratings
+    name: str
+    truth: SyntheticTruth | None = None
+
+
+def random_split(ratings: Ratings, test_fraction: float, seed: int) -> tuple[Ratings, Ratings]:
+    """A seeded uniform split of ``ratings`` into (train, test), same id maps."""
+    order = np.random.default_rng(seed).permutation(len(ratings))
+    num_test = int(round(test_fraction * len(ratings)))
+    return ratings.subset(np.sort(order[num_test:])), ratings.subset(np.sort(order[:num_test]))
+
+
+def load_data(config: Config, data_dir: str | os.PathLike | None = None) -> SplitData:
+    """The training and test ratings named by ``config`` (``data_dir`` overrides data.path)."""
+    name, split, seed = config["data.dataset"], config["data.split"], config["train.seed"]
+    if name == "synthetic":
+        if split != "random":
+            raise ValueError(f"{config.source}: the synthetic dataset has only the 'random' "
+                             f"split, not {split!r}")
+        model, _ = build_modules(config, config["data.synthetic_movies"],
+                                 config["data.synthetic_users"])
+        set_seed(seed)
+        bias = {"normal": 3.5, "poisson": 1.0, "bernoulli": 0.0}[config["model.likelihood"]]
+        ratings, truth = simulate(model, config["data.synthetic_ratings"], seed, output_bias=bias)
+        train, test = random_split(ratings, config["data.test_fraction"], seed)
+        return SplitData(train, test, "random", truth)
+
+    folder = resolve_dataset(name, data_dir or config["data.path"] or None)
+    if split == "random":
+        ratings = read_ratings_file(folder / "u.data")
+        train, test = random_split(ratings, config["data.test_fraction"], seed)
+        return SplitData(train, test, split)
+    loaded = load_split(folder, split)
+    return SplitData(loaded.train, loaded.test, split)
+
+
+def fit(config: Config, *, data: SplitData | None = None,
+        data_dir: str | os.PathLike | None = None, progress: bool = True) -> FittedModel:
+    """Fit the model of ``config`` on its training split and score its test split.
+
+    Parameters
+    ----------
+    config : Config
+    data : SplitData, optional
+        Ratings to use instead of loading those named by the configuration.
+    data_dir : path, optional
+        Folder of the dataset's files (overrides ``data.path``).
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    FittedModel
+        With ``metrics`` (the content of ``metrics.json``) and ``history`` filled in.
+    """
+    start = time.perf_counter()
+    set_seed(config["train.seed"])
+    configure_threads(config["train.num_threads"])
+    pyro.settings.set(module_local_params=True)
+    data = data or load_data(config, data_dir)
+    model, guide = build_modules(config, data.train.num_movies, data.train.num_users)
+    likelihood = model.likelihood
+
+    # Targets, the validation carve and every statistic come from training ratings only.
+    train = _with_targets(data.train, likelihood)
+    fit_part, val_part = carve_validation(train, config["data.validation_fraction"],
+                                          config["train.seed"])
+    center, spread = float(np.mean(fit_part.rating)), float(np.std(fit_part.rating)) or 1.0
+    fit_inputs = EncoderInputs(fit_part, fit_part.rating, center, spread)
+    with torch.no_grad():
+        model.decoder.output_bias.fill_(likelihood.link_inverse_of_mean(center))
+    log.info("fitting on %d ratings (%d held for validation) of %d movies x %d users",
+             len(fit_part), len(val_part), train.num_movies, train.num_users)
+
+    loss_fn = make_elbo(config["train.elbo"])(model, guide)
+    batcher = RatingBatcher(fit_part, fit_part.rating, fit_inputs, config["train.batch_size"],
+                            np.random.default_rng(config["train.seed"]))
+
+    def validate() -> dict[str, float]:
+        if len(val_part) == 0:
+            return {}
+        posterior = encode_posterior(guide, fit_inputs, train.num_movies, train.num_users)
+        out = predictive_summaries(model, posterior, val_part.movie, val_part.user,
+                                   num_samples=VALIDATION_DRAWS, seed=config["train.seed"],
+                                   target=val_part.rating)
+        return {"lpd": float(np.mean(out["lpd"])),
+                "rmse": float(np.sqrt(np.mean((out["mean"] - val_part.rating) ** 2)))}
+
+    result = run_svi(loss_fn, batcher, lr=config["train.lr"], epochs=config["train.epochs"],
+                     validate=validate, monitor=config["train.monitor"],
+                     patience=config["train.patience"],
+                     kl_warmup_epochs=config["train.kl_warmup_epochs"],
+                     kl_warmup_start=config["train.kl_warmup_start"],
+                     time_limit=config["train.time_limit"], progress=progress)
+    final_elbo = _final_elbo(loss_fn, batcher)
+
+    fitted = FittedModel(config, model, guide, train, center, spread, history=result.history)
+    fitted.metrics = evaluate(fitted, data.test)
+    fitted.metrics["fit"] = {
+        "seconds": time.perf_counter() - start,
+        "train_seconds": result.seconds,
+        "epochs": len(result.history),
+        "best_epoch": result.best_epoch,
+        "stop_reason": result.stop_reason,
+        "final_elbo": final_elbo,
+        "final_elbo_per_rating": final_elbo / len(fit_part),
+        "num_train_ratings": len(train),
+        "num_fit_ratings": len(fit_part),
+        "num_validation_ratings": len(val_part),
+    }
+    best = result.history[result.best_epoch - 1] if result.history else {}
+    fitted.metrics["validation"] = {k[4:]: v for k, v in best.items() if k.startswith("val_")}
+    return fitted
+
+
+def _with_targets(ratings: Ratings, likelihood) -> Ratings:
+    """``ratings`` with values replaced by the likelihood's (checked) targets."""
+    targets = likelihood.prepare(ratings.rating, source=ratings.source, lines=ratings.line)
+    return Ratings(ratings.movie, ratings.user, targets, ratings.movie_ids, ratings.user_ids,
+                   ratings.source, ratings.line)
+
+
+@torch.no_grad()
+def _final_elbo(loss_fn: torch.nn.Module, batcher: RatingBatcher) -> float:
+    """ELBO (nats, total over the fit ratings) at the kept parameters: one epoch's mean."""
+    return -float(np.mean([loss_fn(batch).item() for batch in batcher.epoch()]))
+
+
+def evaluate(fitted: FittedModel, test: Ratings) -> dict:
+    """Score ``fitted`` on held-out ``test`` ratings, beside the two reference predictors.
+
+    Every test rating is scored. A rating whose movie or user has no training rating
+    (cold start) is predicted from the prior predictive for that entity, and the metrics
+    are also given separately for the ``warm`` and ``cold`` parts.
+
+    Returns
+    -------
+    dict
+        The ``metrics.json`` layout documented in the README.
+    """
+    name = fitted.likelihood
+    test = _with_targets(fitted.reindex(test), fitted.model.likelihood)
+    out = fitted.summaries(test.movie, test.user, target=test.rating)
+    train = fitted.encoder_ratings
+    cold = (train.movie_counts()[test.movie] == 0) | (train.user_counts()[test.user] == 0)
+
+    metrics = {
+        "dataset": fitted.config["data.dataset"],
+        "split": fitted.config["data.split"],
+        "likelihood": name,
+        "test": {**rating_metrics(name, test.rating, out["mean"], out["lpd"]),
+                 "num_cold": int(cold.sum())},
+        "test_warm": rating_metrics(name, test.rating[~cold], out["mean"][~cold],
+                                    out["lpd"][~cold]),
+        "test_cold": rating_metrics(name, test.rating[cold], out["mean"][cold], out["lpd"][cold]),
+        "reference": {},
+        "ratio_to_reference": {},
+    }
+    for reference in (GlobalMean(), BiasModel()):
+        if isinstance(reference, BiasModel):
+            reference.fit(train.movie, train.user, train.rating, train.num_movies, train.num_users)
+        else:
+            reference.fit(train.movie, train.user, train.rating)
+        pred = reference.predict(test.movie, test.user)
+        if name == "bernoulli":
+            pred = np.clip(pred, 0.0, 1.0)
+        lpd = plugin_lpd(name, test.rating, pred, reference.residual_sd)
+        scores = rating_metrics(name, test.rating, pred, lpd)
+        metrics["reference"][reference.name] = scores
+        metrics["ratio_to_reference"][reference.name] = {
+            key: (metrics["test"][key] / scores[key]
+                  if metrics["test"][key] is not None and scores[key] else None)
+            for key in METRIC_KEYS[name]
+        } | {"lpd_difference": metrics["test"]["lpd"] - scores["lpd"]}
+    return metrics
