@@ -87,7 +87,9 @@ KEYS: dict[str, Key] = {
     # train
     "train.elbo": _key("meanfield", str, "'trace' (Trace_ELBO) or 'meanfield' "
                        "(TraceMeanField_ELBO, analytic KL)", _choice("trace", "meanfield")),
-    "train.lr": _key(0.01, float, "Adam learning rate", _pos),
+    "train.lr": _key(0.01, float, "Adam learning rate at the first epoch", _pos),
+    "train.lr_final": _key(0.0, float, "learning rate reached at the last epoch, decaying "
+                           "geometrically (0 = constant)", _nonneg),
     "train.batch_size": _key(20_000, int, "ratings per minibatch", _pos),
     "train.epochs": _key(200, int, "maximum number of epochs", _pos),
     "train.kl_warmup_epochs": _key(0, int, "epochs over which the KL weight rises to 1",

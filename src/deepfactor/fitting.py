@@ -139,7 +139,8 @@ def fit(config: Config, *, data: SplitData | None = None,
         return {"lpd": float(np.mean(out["lpd"])),
                 "rmse": float(np.sqrt(np.mean((out["mean"] - val_part.rating) ** 2)))}
 
-    result = run_svi(loss_fn, batcher, lr=config["train.lr"], epochs=config["train.epochs"],
+    result = run_svi(loss_fn, batcher, lr=config["train.lr"], lr_final=config["train.lr_final"],
+                     epochs=config["train.epochs"],
                      validate=validate, monitor=config["train.monitor"],
                      patience=config["train.patience"],
                      kl_warmup_epochs=config["train.kl_warmup_epochs"],

@@ -16,7 +16,7 @@ Sparse first layer
     The first layer of an encoder is linear in the sparse row. For entity ``i``
     with ratings ``{(k, v_ik)}`` (``v`` standardized from training data), it is
 
-    .. math::  a_i = n_i^{-p} \sum_k (P_k + v_{ik} V_k) + c \log(1 + n_i) + b
+    .. math::  a_i = n_i^{-p} \\sum_k (P_k + v_{ik} V_k) + c \\log(1 + n_i) + b
 
     with one presence vector ``P_k`` and one value vector ``V_k`` per column ``k``:
     one sparse-dense product (:class:`~deepfactor.sparse.SparseMatrix`), so its cost

@@ -3,9 +3,9 @@
 The sparsity pattern imitates MovieLens: movie popularity and user activity follow
 power laws (a few blockbusters and heavy raters, a long tail), and the observed pairs
 are drawn without replacement from the product of the two. The values are then drawn
-by running :class:`~deepfactor.model.MatrixFactorization` without observations, so
-``z_movie``, ``z_user`` ~ N(0, I) and the decoder at its seeded initialization (its
-output bias set to give MovieLens-like means) are the known truth.
+by the rating site of :class:`~deepfactor.model.MatrixFactorization` itself, given
+``z_movie``, ``z_user`` ~ N(0, I) and a decoder fixed as described in
+:func:`simulate`; all of these are kept as the known truth.
 
 Simplified: a real rating matrix is not missing at random (people rate what they
 expect to like); this pattern is independent of the values.
@@ -29,6 +29,10 @@ __all__ = ["SyntheticTruth", "sample_pattern", "simulate"]
 #: k^-exponent); chosen so the most rated movie has a few hundred of 100K ratings.
 POPULARITY_EXPONENT = 0.9
 ACTIVITY_EXPONENT = 0.6
+#: Spread of the true eta over the pairs, and the Normal noise sd: a signal-to-noise
+#: ratio of about 2, so that a fit has something to find.
+SIGNAL_SD = 1.0
+NOISE_SD = 0.5
 
 
 @dataclass(frozen=True)
@@ -71,11 +75,15 @@ def simulate(model: MatrixFactorization, num_ratings: int, seed: int,
              output_bias: float | None = None) -> tuple[Ratings, SyntheticTruth]:
     """Draw a dataset from ``model``'s prior at its plate sizes.
 
+    The truth is the decoder at its seeded initialization with its last layer rescaled
+    so that ``eta`` has standard deviation :data:`SIGNAL_SD` over the pairs (a random
+    small network is otherwise nearly constant), its output bias set to
+    ``output_bias``, and, for the Normal family, ``sigma = NOISE_SD``.
+
     Parameters
     ----------
     model : MatrixFactorization
-        Its decoder (and, for Normal, its ``sigma``) are the truth; they are used as
-        they are, except the decoder's output bias when ``output_bias`` is given.
+        Modified in place to hold the truth.
     num_ratings : int
     seed : int
 
@@ -90,30 +98,27 @@ def simulate(model: MatrixFactorization, num_ratings: int, seed: int,
     pattern = Ratings(movie, user, np.zeros(num_ratings),
                       IdIndex(range(1, model.num_movies + 1)),
                       IdIndex(range(1, model.num_users + 1)), source="synthetic")
-    if output_bias is not None:
-        with torch.no_grad():
-            model.decoder.output_bias.fill_(output_bias)
     batch = make_batch(pattern, None, np.arange(num_ratings),
                        EncoderInputs(pattern, pattern.rating, 0.0, 1.0))
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        trace = poutine.trace(model).get_trace(batch)
-    z_movie = torch.zeros(model.num_movies, model.total_dim)
-    z_user = torch.zeros(model.num_users, model.total_dim)
-    z_movie[batch.movies] = trace.nodes["z_movie"]["value"]
-    z_user[batch.users] = trace.nodes["z_user"]["value"]
-    # entities the pattern never touched still get their prior draw
-    untouched_m = torch.ones(model.num_movies, dtype=torch.bool)
-    untouched_m[batch.movies] = False
-    untouched_u = torch.ones(model.num_users, dtype=torch.bool)
-    untouched_u[batch.users] = False
-    z_movie[untouched_m] = torch.randn(int(untouched_m.sum()), model.total_dim)
-    z_user[untouched_u] = torch.randn(int(untouched_u.sum()), model.total_dim)
+    generator = torch.Generator().manual_seed(seed)
+    z_movie = torch.randn(model.num_movies, model.total_dim, generator=generator)
+    z_user = torch.randn(model.num_users, model.total_dim, generator=generator)
 
-    values = trace.nodes["rating"]["value"].double().numpy()
     with torch.no_grad():
-        eta = model.decoder(z_movie[batch.movies][batch.movie_local],
-                            z_user[batch.users][batch.user_local])
+        last = model.decoder.net[-1]
+        eta = model.decoder(z_movie[movie], z_user[user])
+        last.weight.mul_(SIGNAL_SD / float(eta.std()))
+        if output_bias is not None:
+            last.bias.fill_(output_bias)
+        if hasattr(model.likelihood, "sigma"):
+            model.likelihood.sigma = torch.tensor(NOISE_SD)
+        eta = model.decoder(z_movie[movie], z_user[user])
+
+        # the rating site of the model itself, with the latents fixed to the truth
+        conditioned = poutine.condition(model, data={"z_movie": z_movie[batch.movies],
+                                                     "z_user": z_user[batch.users]})
+        torch.manual_seed(seed)
+        values = conditioned(batch).double().numpy()
     ratings = Ratings(movie, user, values, pattern.movie_ids, pattern.user_ids,
                       source="synthetic", line=np.arange(1, num_ratings + 1))
     return ratings, SyntheticTruth(z_movie, z_user, eta)

@@ -90,6 +90,7 @@ def run_svi(
     *,
     lr: float,
     epochs: int,
+    lr_final: float = 0.0,
     validate: Callable[[], dict[str, float]],
     monitor: str = "lpd",
     patience: int = 20,
@@ -110,6 +111,9 @@ def run_svi(
         Returns validation scores for the current parameters, keyed ``lpd``,
         ``rmse``, ...; higher ``lpd`` and lower ``rmse`` are better. An empty dict
         (no validation set) keeps the last epoch.
+    lr_final : float
+        Learning rate at the last epoch; the rate decays geometrically from ``lr``
+        (0 keeps it constant).
     monitor : {"lpd", "rmse"}
         The score early stopping follows.
     patience : int
@@ -128,6 +132,8 @@ def run_svi(
         At the first step whose loss, or any parameter or gradient, is not finite.
     """
     optimizer = torch.optim.Adam(loss_fn.parameters(), lr=lr)
+    decay = (lr_final / lr) ** (1 / max(epochs - 1, 1)) if lr_final else 1.0
+    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=decay)
     sign = 1.0 if monitor == "lpd" else -1.0  # compare "higher is better"
     result, best_score, best_state = TrainResult(), -math.inf, None
     since_best, step, start = 0, 0, time.perf_counter()
@@ -155,7 +161,8 @@ def run_svi(
         loss_fn.eval()
         scores = validate()
         loss_fn.train()
-        row = {"epoch": epoch, "kl_weight": beta, "loss": float(np.mean(losses)),
+        row = {"epoch": epoch, "kl_weight": beta, "lr": schedule.get_last_lr()[0],
+               "loss": float(np.mean(losses)),
                "loss_per_rating": float(np.mean(losses)) / len(batcher.ratings),
                "seconds": time.perf_counter() - start,
                **{f"val_{k}": v for k, v in scores.items()}}
@@ -171,6 +178,7 @@ def run_svi(
             result.best_epoch = epoch
         elif beta == 1.0:
             since_best += 1
+        schedule.step()
         if patience and since_best >= patience:
             result.stop_reason = f"no validation gain in {patience} epochs"
             break
