@@ -70,9 +70,9 @@ def load_data(config: Config, data_dir: str | os.PathLike | None = None) -> Spli
         if split != "random":
             raise ValueError(f"{config.source}: the synthetic dataset has only the 'random' "
                              f"split, not {split!r}")
+        set_seed(seed)  # the truth depends on the seed alone, wherever it is loaded
         model, _ = build_modules(config, config["data.synthetic_movies"],
                                  config["data.synthetic_users"])
-        set_seed(seed)
         bias = {"normal": 3.5, "poisson": 1.0, "bernoulli": 0.0}[config["model.likelihood"]]
         ratings, truth = simulate(model, config["data.synthetic_ratings"], seed, output_bias=bias)
         train, test = random_split(ratings, config["data.test_fraction"], seed)

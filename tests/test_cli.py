@@ -1,0 +1,97 @@
+"""The command line, run as a user would: in a subprocess, from the installed entry point."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import REPO
+
+SMALL = ["--set", "data.dataset=synthetic", "--set", "data.split=random",
+         "--set", "data.synthetic_movies=40", "--set", "data.synthetic_users=30",
+         "--set", "data.synthetic_ratings=600", "--set", "model.latent_dim=3",
+         "--set", "train.epochs=2", "--set", "train.batch_size=200",
+         "--set", "eval.num_samples=10"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "deepfactor", *args], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = run("fit", str(REPO / "models" / "gaussian.toml"), "--out", str(out), "--quiet",
+                 *SMALL)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_fit_writes_every_promised_file(run_dir):
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"config.toml", "model.pt", "metrics.json", "trace.csv", "environment.json"} <= names
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test"]["num_ratings"] == 120 and "rmse" in metrics["test"]
+    trace = pd.read_csv(run_dir / "trace.csv")
+    assert list(trace["epoch"]) == [1, 2] and "val_lpd" in trace
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert env["seed"] == 0 and env["packages"]["torch"]
+
+
+def test_predict_writes_one_row_per_pair_in_input_order(run_dir, tmp_path):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("3\t7\t5\t881250949\n1\t2\t3\t0\n3\t7\t1\t0\n")  # u1.test layout
+    out = tmp_path / "pred.csv"
+    result = run("predict", str(run_dir), "--pairs", str(pairs), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    frame = pd.read_csv(out, dtype={"user": str, "movie": str})
+    assert list(frame.columns) == ["user", "movie", "mean", "sd", "q05", "q95"]
+    assert list(frame["user"]) == ["3", "1", "3"] and list(frame["movie"]) == ["7", "2", "7"]
+    assert (frame["q05"] < frame["mean"]).all() and (frame["mean"] < frame["q95"]).all()
+
+
+def test_evaluate_reproduces_the_fit_metrics(run_dir):
+    result = run("evaluate", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    fitted = json.loads((run_dir / "metrics.json").read_text())
+    again = json.loads((run_dir / "evaluation-random.json").read_text())
+    assert again["test"] == fitted["test"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "models/gaussian.toml", "--set", "model.latnet_dim=4"], "unknown key"),
+    (["fit", "nope.toml"], "nope.toml: no such configuration file"),
+    (["fit", "models/gaussian.toml", "--data", "/nonexistent/place"], "not found in the given"),
+    (["predict", "/nonexistent/run", "--pairs", "x", "--out", "y"], "no such checkpoint"),
+])
+def test_user_errors_are_one_line_exit_2(args, message):
+    result = run(*args, cwd=REPO)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("deepfactor: error:") and message in lines[0]
+
+
+def test_unknown_ids_in_predict_are_named(run_dir, tmp_path):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("user\tmovie\n3\t7\n99999\t7\n")
+    result = run("predict", str(run_dir), "--pairs", str(pairs), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "unknown user id: '99999'" in result.stderr
+
+
+def test_refuses_to_overwrite_a_run(run_dir):
+    result = run("fit", str(REPO / "models" / "gaussian.toml"), "--out", str(run_dir), *SMALL)
+    assert result.returncode == 2 and "already holds a run" in result.stderr
+
+
+def test_cli_sets_the_openmp_wait_policy_before_torch_loads():
+    code = ("import os; os.environ.pop('OMP_WAIT_POLICY', None)\n"
+            "import sys, deepfactor.cli\n"
+            "assert 'torch' not in sys.modules, 'torch imported too early'\n"
+            "print(os.environ['OMP_WAIT_POLICY'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "PASSIVE"
