@@ -54,6 +54,22 @@ def _parser() -> argparse.ArgumentParser:
                     help="file of user and movie raw ids, one pair a line (u1.test works)")
     pr.add_argument("--out", required=True, help="CSV file to write")
     pr.add_argument("--samples", type=int, help="posterior draws (default: eval.num_samples)")
+
+    ck = sub.add_parser("check", help="posterior (or prior) predictive checks, calibration, "
+                                      "LOO and collapse diagnostics, with a report")
+    ck.add_argument("target", help="run directory written by fit; with --prior, a configuration")
+    ck.add_argument("--prior", action="store_true",
+                    help="prior predictive check of the configuration TARGET (no fit needed)")
+    ck.add_argument("--out", help="folder to write (default: RUN/checks; with --prior "
+                                  "runs/<config>-prior/checks)")
+    ck.add_argument("--samples", type=int, default=100, help="predictive draws (default 100)")
+    ck.add_argument("--train-sample", type=int, default=20000,
+                    help="training ratings sampled for in-sample checks and PSIS-LOO "
+                         "(default 20000)")
+    ck.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    ck.add_argument("--data", help="folder with the dataset's files (overrides data.path)")
+    ck.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="with --prior: override one configuration key")
     return parser
 
 
@@ -76,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="deepfactor: %(message)s")
     try:
-        return {"fit": _fit, "evaluate": _evaluate, "predict": _predict}[args.command](args)
+        return {"fit": _fit, "evaluate": _evaluate, "predict": _predict,
+                "check": _check}[args.command](args)
     except _user_errors() as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"deepfactor: error: {message}", file=sys.stderr)
@@ -195,6 +212,33 @@ def _predict(args) -> int:
     frame = fitted.predict(users, movies, num_samples=args.samples)
     write_text(args.out, frame.to_csv(index=False))
     log.info("wrote %d predictions to %s", len(frame), args.out)
+    return 0
+
+
+# -- check ------------------------------------------------------------------------------
+
+
+def _check(args) -> int:
+    from .checks import check_prior, check_run
+
+    if args.samples < 2 or args.train_sample < 2:
+        raise UsageError("--samples and --train-sample must be at least 2")
+    options = {"data_dir": args.data, "num_samples": args.samples,
+               "train_sample": args.train_sample, "seed": args.seed}
+    if args.prior:
+        from .config import load_config
+
+        config = load_config(args.target, list(args.set))
+        out = args.out or Path("runs") / f"{Path(args.target).stem}-prior" / "checks"
+        report, out = check_prior(config, out, **options)
+    else:
+        if args.set:
+            raise UsageError("--set applies to --prior only; a run keeps its configuration")
+        report, out = check_run(args.target, args.out, **options)
+    coverage = report.summary["coverage"]
+    if coverage:
+        print("held-out coverage: " + ", ".join(f"{k}% -> {v:.1%}" for k, v in coverage.items()))
+    print(f"report written to {Path(out) / 'report.md'}")
     return 0
 
 
