@@ -23,7 +23,7 @@ from scipy import stats
 from deepfactor import checks
 from deepfactor import diagnostics as dg
 from deepfactor.fitted import build_modules
-from deepfactor.fitting import fit, load_data, random_split
+from deepfactor.fitting import fit, load_data
 from deepfactor.predict import Posterior
 from deepfactor.simulate import simulate
 
@@ -366,3 +366,10 @@ def test_cli_check_writes_every_promised_file(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "deepfactor", "check", str(tmp_path / "run"),
                           "--set", "model.latent_dim=4"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("deepfactor: error: --set")
+
+
+def test_summary_json_has_no_nan():
+    clean = checks._jsonable({"a": np.float64("nan"), "b": [float("inf"), np.int64(3)],
+                              0.5: {"c": np.float32(0.25)}})
+    assert json.loads(json.dumps(clean, allow_nan=False)) == {"a": None, "b": [None, 3],
+                                                              "0.5": {"c": 0.25}}
