@@ -672,8 +672,8 @@ def _ppc(report: CheckReport, d: PredictiveDraws, name: str, label: str, num_mov
     what = f"{source} predictive"
     grid = dg.value_grid(d.observed)
     if grid is not None:
-        observed, replicated = dg.value_shares(d.observed, grid), dg.value_shares(
-            d.replicated, grid)  # (K + 2,), (S, K + 2)
+        observed = dg.value_shares(d.observed, grid)  # (K + 2,)
+        replicated = dg.value_shares(d.replicated, grid)  # (S, K + 2)
         labels = [f"{g:g}" for g in grid] + [f"<{grid[0]:g}", f">{grid[-1]:g}"]
         keep = np.r_[np.ones(len(grid), bool), replicated[:, -2:].max(0) > 0]
         outside = float(replicated[:, -2:].sum(1).mean())
@@ -690,7 +690,8 @@ def _ppc(report: CheckReport, d: PredictiveDraws, name: str, label: str, num_mov
                       if d.replicated.dtype.kind == "f" else "."))
     else:
         edges = dg.common_edges(d.observed, d.replicated, bins=30)
-        observed, replicated = dg.binned_shares(d.observed, edges), dg.binned_shares(d.replicated, edges)
+        observed = dg.binned_shares(d.observed, edges)  # (K,)
+        replicated = dg.binned_shares(d.replicated, edges)  # (S, K)
         fig = plots.plot_binned_ppc(edges, observed, replicated, xlabel="rating",
                                     title=f"Rating values: {label}")
         reading = "Bars: observed values; band: where 90% of replicated histograms lie."
@@ -702,7 +703,8 @@ def _ppc(report: CheckReport, d: PredictiveDraws, name: str, label: str, num_mov
         means_rep = dg.entity_means(d.replicated, d.user, num_users)[0][:, keep]
         edges = dg.common_edges(means_obs[keep], means_rep, bins=25)
         fig = plots.plot_binned_ppc(edges, dg.binned_shares(means_obs[keep], edges),
-                                    dg.binned_shares(means_rep, edges), xlabel="mean rating of a user",
+                                    dg.binned_shares(means_rep, edges),
+                                    xlabel="mean rating of a user",
                                     title=f"Per-user mean rating: {label}")
         report.add(section, f"ppc_user_means_{name}.png", fig,
                    f"{int(keep.sum())} users with at least {dg.MIN_USER_RATINGS} ratings: "

@@ -1,9 +1,10 @@
-"""Statistics of predictive checks, in NumPy only: coverage, PIT, p-values, reliability, KL.
+"""Statistics of predictive checks in NumPy: coverage, PIT, p-values, reliability, KL, words.
 
 Every function takes arrays already computed from posterior (or prior) predictive
 draws, so it can be tested without a model. The draws live in :mod:`deepfactor.checks`,
 the figures in :mod:`deepfactor.plots`. Shapes use ``S`` for draws and ``N`` for the
-ratings checked.
+ratings checked. The ``read_*`` functions turn the numbers into the one-line readings of
+``report.md``.
 
 Conventions
     * A **Bayesian p-value** is ``P(T(y_rep) >= T(y))`` with ties counted half (the
@@ -399,9 +400,10 @@ def read_pit(pit: np.ndarray, integers_under_continuous: bool) -> str:
     """One sentence on a PIT histogram: its two 5% tails and its mean.
 
     Under calibration 5% of the PIT lies below 0.05 and 5% above 0.95. More than that
-    (by over 2 binomial sds) in a tail means the observed values fall beyond the predictive's quantile more
-    often than it allows (too narrow on that side); less, that it reaches further than
-    the data (too wide, or mass where no data can be, such as above 5 stars).
+    (by over 2 binomial sds) in a tail means the observed values fall beyond the
+    predictive's quantile more often than it allows (too narrow on that side); less, that
+    it reaches further than the data (too wide, or mass where no data can be, such as
+    above 5 stars).
     """
     pit = np.asarray(pit, float)
     low, high, mean = float(np.mean(pit < 0.05)), float(np.mean(pit > 0.95)), float(pit.mean())
