@@ -257,8 +257,12 @@ class RatingBatcher:
     def __len__(self) -> int:
         return -(-len(self.ratings) // self.batch_size)
 
+    def permutation(self) -> np.ndarray:
+        """A fresh random order of the ratings for one epoch; shape ``(num_ratings,)``."""
+        return self.generator.permutation(len(self.ratings))
+
     def epoch(self, kl_weight: float = 1.0) -> Iterator[Batch]:
-        order = self.generator.permutation(len(self.ratings))
+        order = self.permutation()
         for start in range(0, len(order), self.batch_size):
             yield self.batch(order[start:start + self.batch_size], kl_weight)
 

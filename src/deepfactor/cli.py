@@ -33,7 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit = sub.add_parser("fit", help="fit a model and score its held-out split")
-    fit.add_argument("config", help="experiment configuration, e.g. models/gaussian.toml")
+    fit.add_argument("config", nargs="?",
+                     help="experiment configuration, e.g. models/gaussian.toml")
+    fit.add_argument("--resume", metavar="RUN",
+                     help="continue the interrupted run in RUN (no CONFIG needed)")
     fit.add_argument("--out", help="run directory to write (default: runs/<config>-<time>)")
     fit.add_argument("--seed", type=int, help="overrides train.seed")
     fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -106,23 +109,26 @@ def main(argv: list[str] | None = None) -> int:
 # -- fit --------------------------------------------------------------------------------
 
 
+TRAINING_CHECKPOINT = "training.pt"
+
+
 def _fit(args) -> int:
     from .checkpoint import write_json, write_text
-    from .config import load_config
     from .fitting import fit
     from .reproducibility import environment
+    from .train import TrainingInterrupted
 
-    overrides = list(args.set) + ([f"train.seed={args.seed}"] if args.seed is not None else [])
-    config = load_config(args.config, overrides)
-    out = Path(args.out) if args.out else Path("runs") / (
-        f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if (out / "model.pt").exists() and not args.overwrite:
-        raise UsageError(f"{out} already holds a run; choose another --out or pass --overwrite")
-
-    fitted = fit(config, data_dir=args.data, progress=not args.quiet)
-
+    config, out, resume = _fit_setup(args)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.toml", config.to_toml())
+    try:
+        fitted = fit(config, data_dir=args.data, progress=not args.quiet,
+                     checkpoint_path=out / TRAINING_CHECKPOINT, resume=resume)
+    except TrainingInterrupted as err:
+        print(f"deepfactor: stopped by {err}; checkpoint in {out / TRAINING_CHECKPOINT}; "
+              f"continue with: deepfactor fit --resume {out}", file=sys.stderr)
+        return 128 + err.signum
+
     fitted.save(out)
     write_json(out / "metrics.json", fitted.metrics)
     write_text(out / "trace.csv", _csv(fitted.history))
@@ -132,6 +138,29 @@ def _fit(args) -> int:
         print(_summary(fitted.metrics, f"{config['data.split']} test"))
         print(f"run written to {out}")
     return 0
+
+
+def _fit_setup(args):
+    """(config, run directory, trainer state to resume or None) for ``deepfactor fit``."""
+    from .config import load_config
+    from .fitting import read_training_checkpoint
+
+    if args.resume:
+        if args.config or args.set or args.seed is not None:
+            raise UsageError("--resume continues a run as it was configured; "
+                             "give no CONFIG, --set or --seed with it")
+        out = Path(args.resume)
+        config, state = read_training_checkpoint(out / TRAINING_CHECKPOINT)
+        return config, out, state
+    if not args.config:
+        raise UsageError("fit needs a CONFIG file (or --resume RUN)")
+    overrides = list(args.set) + ([f"train.seed={args.seed}"] if args.seed is not None else [])
+    config = load_config(args.config, overrides)
+    out = Path(args.out) if args.out else Path("runs") / (
+        f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (out / "model.pt").exists() and not args.overwrite:
+        raise UsageError(f"{out} already holds a run; choose another --out or pass --overwrite")
+    return config, out, None
 
 
 def _csv(rows: list[dict]) -> str:

@@ -102,6 +102,9 @@ KEYS: dict[str, Key] = {
                           _choice("lpd", "rmse")),
     "train.time_limit": _key(0.0, float, "stop after this many seconds (0 = no limit)",
                              _nonneg),
+    "train.checkpoint_every": _key(0, int, "write a resumable checkpoint every this many "
+                                   "epochs (0 = only at the end and on SIGINT/SIGTERM)",
+                                   _nonneg),
     "train.seed": _key(0, int, "seed of every random draw"),
     "train.num_threads": _key(0, int, "torch threads (0 = torch's default)", _nonneg),
     # eval

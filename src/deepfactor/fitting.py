@@ -25,6 +25,7 @@ import pyro
 import torch
 
 from .baselines import BiasModel, GlobalMean, plugin_lpd
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .batching import EncoderInputs, RatingBatcher
 from .config import Config
 from .data.datasets import resolve_dataset
@@ -36,9 +37,10 @@ from .metrics import METRIC_KEYS, rating_metrics
 from .predict import encode_posterior, predictive_summaries
 from .reproducibility import configure_threads, set_seed
 from .simulate import SyntheticTruth, simulate
-from .train import make_elbo, run_svi
+from .train import SVITrainer, TrainSettings, make_elbo
 
-__all__ = ["SplitData", "load_data", "fit", "evaluate", "random_split"]
+__all__ = ["SplitData", "load_data", "fit", "evaluate", "random_split",
+           "read_training_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,9 @@ def load_data(config: Config, data_dir: str | os.PathLike | None = None) -> Spli
 
 
 def fit(config: Config, *, data: SplitData | None = None,
-        data_dir: str | os.PathLike | None = None, progress: bool = True) -> FittedModel:
+        data_dir: str | os.PathLike | None = None, progress: bool = True,
+        checkpoint_path: str | os.PathLike | None = None,
+        resume: dict | None = None) -> FittedModel:
     """Fit the model of ``config`` on its training split and score its test split.
 
     Parameters
@@ -100,11 +104,22 @@ def fit(config: Config, *, data: SplitData | None = None,
         Folder of the dataset's files (overrides ``data.path``).
     progress : bool
         Show a tqdm progress bar.
+    checkpoint_path : path, optional
+        Where to write the resumable training state (atomically): every
+        ``train.checkpoint_every`` epochs, at the end, and on SIGINT/SIGTERM.
+    resume : dict, optional
+        A training state read from such a checkpoint (:func:`read_training_checkpoint`);
+        training continues from it and ends as an uninterrupted run would.
 
     Returns
     -------
     FittedModel
         With ``metrics`` (the content of ``metrics.json``) and ``history`` filled in.
+
+    Raises
+    ------
+    TrainingInterrupted
+        When SIGINT or SIGTERM stopped training (after writing the checkpoint).
     """
     start = time.perf_counter()
     set_seed(config["train.seed"])
@@ -139,13 +154,15 @@ def fit(config: Config, *, data: SplitData | None = None,
         return {"lpd": float(np.mean(out["lpd"])),
                 "rmse": float(np.sqrt(np.mean((out["mean"] - val_part.rating) ** 2)))}
 
-    result = run_svi(loss_fn, batcher, lr=config["train.lr"], lr_final=config["train.lr_final"],
-                     epochs=config["train.epochs"],
-                     validate=validate, monitor=config["train.monitor"],
-                     patience=config["train.patience"],
-                     kl_warmup_epochs=config["train.kl_warmup_epochs"],
-                     kl_warmup_start=config["train.kl_warmup_start"],
-                     time_limit=config["train.time_limit"], progress=progress)
+    def checkpoint(state: dict) -> None:
+        save_checkpoint(checkpoint_path, {"kind": "training", "config": config.nested(),
+                                          "trainer": state})
+
+    trainer = SVITrainer(loss_fn, batcher, validate, TrainSettings.from_config(config),
+                         checkpoint=checkpoint if checkpoint_path else None, progress=progress)
+    if resume is not None:
+        trainer.load_state_dict(resume)
+    result = trainer.run()
     final_elbo = _final_elbo(loss_fn, batcher)
 
     fitted = FittedModel(config, model, guide, train, center, spread, history=result.history)
@@ -165,6 +182,14 @@ def fit(config: Config, *, data: SplitData | None = None,
     best = result.history[result.best_epoch - 1] if result.history else {}
     fitted.metrics["validation"] = {k[4:]: v for k, v in best.items() if k.startswith("val_")}
     return fitted
+
+
+def read_training_checkpoint(path: str | os.PathLike) -> tuple[Config, dict]:
+    """The configuration and trainer state saved by :func:`fit` at ``checkpoint_path``."""
+    state = load_checkpoint(path)
+    if state.get("kind") != "training":
+        raise CheckpointError(f"{path}: not a training checkpoint (nothing to resume)")
+    return Config.from_dict(state["config"], source=str(path)), state["trainer"]
 
 
 def _with_targets(ratings: Ratings, likelihood) -> Ratings:

@@ -1,4 +1,4 @@
-"""The SVI loop: Adam on the negative ELBO, KL warm-up, early stopping, NaN guard, progress.
+"""The SVI loop: Adam on the negative ELBO, KL warm-up, early stopping, checkpoints, NaN guard.
 
 The loss minimized is the **negative ELBO of the full training set, in nats**, estimated
 from one minibatch per step (:mod:`deepfactor.batching` gives the weights that make the
@@ -10,6 +10,12 @@ module-local parameters and wrapped by Pyro's ELBO into one ``nn.Module``, so pl
 KL warm-up multiplies the latent sites of model and guide by ``beta`` rising linearly
 from ``kl_warmup_start`` to 1 over ``kl_warmup_epochs``. That is not the ELBO until
 ``beta = 1``, so early stopping only considers epochs at the true ELBO.
+
+Resuming. :meth:`SVITrainer.state_dict` holds everything the loop depends on (parameters,
+optimizer and schedule, the epoch's permutation and position in it, every random state,
+the best state so far), so a run stopped between two steps and resumed from that state
+ends with the same parameters as a run that was never stopped. SIGINT and SIGTERM stop
+the loop between steps, after a last checkpoint.
 """
 
 from __future__ import annotations
@@ -17,24 +23,57 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import random
+import signal
+import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyro
 import torch
+from pyro import poutine
 from tqdm.auto import tqdm
 
-from .batching import RatingBatcher
+from .batching import Batch, RatingBatcher
 
-__all__ = ["TrainingDiverged", "TrainResult", "kl_weight", "make_elbo", "run_svi"]
+__all__ = ["TrainingDiverged", "TrainingInterrupted", "TrainSettings", "TrainResult",
+           "SVITrainer", "kl_weight", "make_elbo"]
 
 log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or a parameter became NaN or infinite; the message names the step."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped training after a checkpoint; ``signal`` says which."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The loop's settings; see the ``train.*`` keys of :mod:`deepfactor.config`."""
+
+    lr: float = 0.01
+    lr_final: float = 0.0
+    epochs: int = 100
+    monitor: str = "lpd"
+    patience: int = 20
+    kl_warmup_epochs: int = 0
+    kl_warmup_start: float = 0.1
+    time_limit: float = 0.0
+    checkpoint_every: int = 0
+
+    @classmethod
+    def from_config(cls, config) -> TrainSettings:
+        return cls(**{name: config[f"train.{name}"] for name in cls.__dataclass_fields__})
 
 
 @dataclass
@@ -44,9 +83,9 @@ class TrainResult:
     Attributes
     ----------
     history : list of dict
-        One row per epoch: ``epoch``, ``kl_weight``, ``loss`` (mean of the epoch's
-        minibatch estimates of -ELBO, nats), ``loss_per_rating``, ``seconds`` and the
-        validation scores (``val_lpd``, ``val_rmse``, ...).
+        One row per epoch: ``epoch``, ``kl_weight``, ``lr``, ``loss`` (mean of the
+        epoch's minibatch estimates of -ELBO, nats), ``loss_per_rating``, ``seconds``
+        and the validation scores (``val_lpd``, ``val_rmse``, ...).
     best_epoch : int
         Epoch whose parameters were kept (1-based).
     stop_reason : str
@@ -75,31 +114,8 @@ def kl_weight(epoch: int, warmup_epochs: int, start: float) -> float:
     return start + (1.0 - start) * (epoch - 1) / warmup_epochs
 
 
-def _first_nonfinite(module: torch.nn.Module) -> str | None:
-    for name, p in module.named_parameters():
-        if not torch.isfinite(p).all():
-            return name
-        if p.grad is not None and not torch.isfinite(p.grad).all():
-            return f"the gradient of {name}"
-    return None
-
-
-def run_svi(
-    loss_fn: torch.nn.Module,
-    batcher: RatingBatcher,
-    *,
-    lr: float,
-    epochs: int,
-    lr_final: float = 0.0,
-    validate: Callable[[], dict[str, float]],
-    monitor: str = "lpd",
-    patience: int = 20,
-    kl_warmup_epochs: int = 0,
-    kl_warmup_start: float = 0.1,
-    time_limit: float = 0.0,
-    progress: bool = True,
-) -> TrainResult:
-    """Fit the parameters of ``loss_fn`` (an ELBO module over model and guide) in place.
+class SVITrainer:
+    """Fits the parameters of an ELBO module in place, one minibatch per step.
 
     Parameters
     ----------
@@ -111,91 +127,233 @@ def run_svi(
         Returns validation scores for the current parameters, keyed ``lpd``,
         ``rmse``, ...; higher ``lpd`` and lower ``rmse`` are better. An empty dict
         (no validation set) keeps the last epoch.
-    lr_final : float
-        Learning rate at the last epoch; the rate decays geometrically from ``lr``
-        (0 keeps it constant).
-    monitor : {"lpd", "rmse"}
-        The score early stopping follows.
-    patience : int
-        Epochs at the true ELBO without a better ``monitor`` before stopping (0: never).
-    time_limit : float
-        Seconds after which training stops at the end of an epoch (0: none).
+    settings : TrainSettings
+    checkpoint : callable, optional
+        Called with :meth:`state_dict` every ``settings.checkpoint_every`` epochs, at
+        the end, and when a signal stops the run.
+    progress : bool
+        Show a tqdm bar (epochs, running loss per rating, validation score).
+    """
 
-    Returns
-    -------
-    TrainResult
+    def __init__(self, loss_fn: torch.nn.Module, batcher: RatingBatcher,
+                 validate: Callable[[], dict[str, float]], settings: TrainSettings,
+                 checkpoint: Callable[[dict], None] | None = None, progress: bool = True):
+        self.loss_fn, self.batcher, self.validate = loss_fn, batcher, validate
+        self.settings, self.checkpoint, self.progress = settings, checkpoint, progress
+        s = settings
+        self.optimizer = torch.optim.Adam(loss_fn.parameters(), lr=s.lr)
+        decay = (s.lr_final / s.lr) ** (1 / max(s.epochs - 1, 1)) if s.lr_final else 1.0
+        self.schedule = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=decay)
+        self.result = TrainResult()
+        self.epoch, self.step = 0, 0  # completed epochs; steps taken
+        self.order: np.ndarray | None = None  # the current epoch's permutation
+        self.position, self.epoch_losses = 0, []  # within the current epoch
+        self.best_score, self.best_state, self.since_best = -math.inf, None, 0
+        self.elapsed = 0.0  # seconds of training before this process (resumed runs)
+        self._signal: int | None = None
+
+    # -- state ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: tensors and plain types only."""
+        return {
+            "loss_fn": self.loss_fn.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(), "epoch": self.epoch, "step": self.step,
+            "order": None if self.order is None else torch.from_numpy(self.order),
+            "position": self.position, "epoch_losses": list(self.epoch_losses),
+            "best_score": self.best_score, "best_state": self.best_state,
+            "since_best": self.since_best, "history": self.result.history,
+            "best_epoch": self.result.best_epoch, "elapsed": self._seconds(),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "batcher": self.batcher.generator.bit_generator.state},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loss_fn.load_state_dict(state["loss_fn"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.order = None if state["order"] is None else state["order"].numpy()
+        self.position, self.epoch_losses = state["position"], list(state["epoch_losses"])
+        self.best_score, self.best_state = state["best_score"], state["best_state"]
+        self.since_best = state["since_best"]
+        self.result.history, self.result.best_epoch = state["history"], state["best_epoch"]
+        self.elapsed = state["elapsed"]
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(_as_tuple(state["rng"]["python"]))
+        self.batcher.generator.bit_generator.state = state["rng"]["batcher"]
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        """Train until the epochs, patience or time limit run out; returns the result.
+
         The parameters of ``loss_fn`` are left at the best validated epoch.
 
-    Raises
-    ------
-    TrainingDiverged
-        At the first step whose loss, or any parameter or gradient, is not finite.
-    """
-    optimizer = torch.optim.Adam(loss_fn.parameters(), lr=lr)
-    decay = (lr_final / lr) ** (1 / max(epochs - 1, 1)) if lr_final else 1.0
-    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=decay)
-    sign = 1.0 if monitor == "lpd" else -1.0  # compare "higher is better"
-    result, best_score, best_state = TrainResult(), -math.inf, None
-    since_best, step, start = 0, 0, time.perf_counter()
-    bar = tqdm(range(1, epochs + 1), desc="fit", unit="epoch", disable=not progress)
-    for epoch in bar:
-        beta = kl_weight(epoch, kl_warmup_epochs, kl_warmup_start)
-        losses = []
-        for batch in batcher.epoch(beta):
-            step += 1
-            optimizer.zero_grad()
-            loss = loss_fn(batch)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"the loss is {loss.item()} at step {step} (epoch {epoch}); "
-                    "try a smaller train.lr"
-                )
-            loss.backward()
-            optimizer.step()
-            bad = _first_nonfinite(loss_fn)
-            if bad is not None:
-                raise TrainingDiverged(f"{bad} is not finite after step {step} "
-                                       f"(epoch {epoch}); try a smaller train.lr")
-            losses.append(loss.item())
+        Raises
+        ------
+        TrainingDiverged
+            At the first step whose loss, or any parameter or gradient, is not finite.
+        TrainingInterrupted
+            When SIGINT or SIGTERM arrived; a checkpoint was written first.
+        """
+        self._start = time.perf_counter()
+        bar = tqdm(total=self.settings.epochs, initial=self.epoch, desc="fit", unit="epoch",
+                   disable=not self.progress)
+        with bar, self._signals_caught():
+            while not self.result.stop_reason:
+                self._train_epoch()
+                self._end_epoch(bar)
+        self._restore_best()
+        self.result.seconds = self._seconds()
+        log.info("stopped after %d epochs (%s); kept epoch %d", len(self.result.history),
+                 self.result.stop_reason, self.result.best_epoch)
+        return self.result
 
-        loss_fn.eval()
-        scores = validate()
-        loss_fn.train()
-        row = {"epoch": epoch, "kl_weight": beta, "lr": schedule.get_last_lr()[0],
+    def _train_epoch(self) -> None:
+        beta = self._beta()
+        if self.order is None:
+            self.order = self.batcher.permutation()
+        size = self.batcher.batch_size
+        while self.position < len(self.order):
+            self._stop_if_signalled()
+            positions = self.order[self.position:self.position + size]
+            self.epoch_losses.append(self._step(self.batcher.batch(positions, beta)))
+            self.position += len(positions)
+
+    def _step(self, batch: Batch) -> float:
+        self.step += 1
+        self.optimizer.zero_grad()
+        loss = self.loss_fn(batch)
+        if not torch.isfinite(loss):
+            site = _first_nonfinite_site(self.loss_fn, batch)
+            raise TrainingDiverged(
+                f"the loss is {loss.item()} at step {self.step} (epoch {self.epoch + 1})"
+                f"{f', first at site {site!r}' if site else ''}; try a smaller train.lr")
+        loss.backward()
+        self.optimizer.step()
+        bad = _first_nonfinite_parameter(self.loss_fn)
+        if bad is not None:
+            raise TrainingDiverged(f"{bad} is not finite after step {self.step} "
+                                   f"(epoch {self.epoch + 1}); try a smaller train.lr")
+        return loss.item()
+
+    def _end_epoch(self, bar) -> None:
+        self.epoch += 1
+        beta, losses = self._beta(self.epoch), self.epoch_losses
+        self.loss_fn.eval()
+        scores = self.validate()
+        self.loss_fn.train()
+        row = {"epoch": self.epoch, "kl_weight": beta, "lr": self.schedule.get_last_lr()[0],
                "loss": float(np.mean(losses)),
-               "loss_per_rating": float(np.mean(losses)) / len(batcher.ratings),
-               "seconds": time.perf_counter() - start,
-               **{f"val_{k}": v for k, v in scores.items()}}
-        result.history.append(row)
-        score = scores.get(monitor)  # None when there is no validation set
+               "loss_per_rating": float(np.mean(losses)) / len(self.batcher.ratings),
+               "seconds": self._seconds(), **{f"val_{k}": v for k, v in scores.items()}}
+        self.result.history.append(row)
+        self._track_best(beta, scores.get(self.settings.monitor))
+        self.schedule.step()
+        self.order, self.position, self.epoch_losses = None, 0, []
+
+        score = scores.get(self.settings.monitor)  # None when there is no validation set
+        bar.update(1)
         bar.set_postfix(loss=f"{row['loss_per_rating']:.4f}",
-                        **({monitor: f"{score:.4f}"} if score is not None else {}))
-        log.debug("epoch %d: %s", epoch, row)
+                        **({self.settings.monitor: f"{score:.4f}"} if score is not None else {}))
+        log.debug("epoch %d: %s", self.epoch, row)
+        self.result.stop_reason = self._stop_reason(row)
+        every = self.settings.checkpoint_every
+        if self.checkpoint and (self.result.stop_reason or (every and self.epoch % every == 0)):
+            self.checkpoint(self.state_dict())
 
-        if beta == 1.0 and (score is None or sign * score > best_score):
-            best_score = -math.inf if score is None else sign * score
-            best_state, since_best = copy.deepcopy(loss_fn.state_dict()), 0
-            result.best_epoch = epoch
-        elif beta == 1.0:
-            since_best += 1
-        schedule.step()
-        if patience and since_best >= patience:
-            result.stop_reason = f"no validation gain in {patience} epochs"
-            break
-        if time_limit and row["seconds"] >= time_limit:
-            result.stop_reason = f"time limit of {time_limit:g} s reached"
-            break
-    else:
-        result.stop_reason = f"reached {epochs} epochs"
-    bar.close()
+    def _track_best(self, beta: float, score: float | None) -> None:
+        if beta < 1.0:
+            return
+        sign = 1.0 if self.settings.monitor == "lpd" else -1.0  # "higher is better"
+        if score is None or sign * score > self.best_score:
+            self.best_score = -math.inf if score is None else sign * score
+            self.best_state = copy.deepcopy(self.loss_fn.state_dict())
+            self.since_best, self.result.best_epoch = 0, self.epoch
+        else:
+            self.since_best += 1
 
-    if best_state is not None:
-        loss_fn.load_state_dict(best_state)
-    else:  # the run ended inside the warm-up: keep the last parameters, and say so
-        result.best_epoch = len(result.history)
+    def _stop_reason(self, row: dict) -> str:
+        s = self.settings
+        if s.patience and self.since_best >= s.patience:
+            return f"no validation gain in {s.patience} epochs"
+        if s.time_limit and row["seconds"] >= s.time_limit:
+            return f"time limit of {s.time_limit:g} s reached"
+        if self.epoch >= s.epochs:
+            return f"reached {s.epochs} epochs"
+        return ""
+
+    def _restore_best(self) -> None:
+        if self.best_state is not None:
+            self.loss_fn.load_state_dict(self.best_state)
+            return
+        # the run ended inside the warm-up: keep the last parameters, and say so
+        self.result.best_epoch = len(self.result.history)
         log.warning("training ended before the KL warm-up finished; the parameters "
                     "kept do not maximize the true ELBO")
-    result.seconds = time.perf_counter() - start
-    log.info("stopped after %d epochs (%s); kept epoch %d", len(result.history),
-             result.stop_reason, result.best_epoch)
-    return result
+
+    def _beta(self, epoch: int | None = None) -> float:
+        s = self.settings
+        return kl_weight(self.epoch + 1 if epoch is None else epoch, s.kl_warmup_epochs,
+                         s.kl_warmup_start)
+
+    def _seconds(self) -> float:
+        return self.elapsed + time.perf_counter() - getattr(self, "_start", time.perf_counter())
+
+    # -- signals --------------------------------------------------------------------------
+
+    @contextmanager
+    def _signals_caught(self):
+        """Turn SIGINT/SIGTERM into a stop between two steps (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signal = signum
+
+    def _stop_if_signalled(self) -> None:
+        if self._signal is None:
+            return
+        if self.checkpoint:
+            self.checkpoint(self.state_dict())
+        name = signal.Signals(self._signal).name
+        raise TrainingInterrupted(f"{name} at step {self.step} (epoch {self.epoch + 1})",
+                                  self._signal)
+
+
+def _as_tuple(state):
+    """``random.getstate()`` comes back from a checkpoint with lists for tuples."""
+    return tuple(_as_tuple(s) for s in state) if isinstance(state, (list, tuple)) else state
+
+
+def _first_nonfinite_parameter(module: torch.nn.Module) -> str | None:
+    for name, p in module.named_parameters():
+        if not torch.isfinite(p).all():
+            return f"parameter {name}"
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return f"the gradient of {name}"
+    return None
+
+
+@torch.no_grad()
+def _first_nonfinite_site(loss_fn: torch.nn.Module, batch: Batch) -> str | None:
+    """Name of the first guide or model site whose log-density is not finite."""
+    model, guide = loss_fn.model, loss_fn.guide
+    guide_trace = poutine.trace(guide).get_trace(batch)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(batch)
+    for trace in (guide_trace, model_trace):
+        for name, node in trace.nodes.items():
+            if node["type"] != "sample":
+                continue
+            value = node["fn"].log_prob(node["value"])
+            if not torch.isfinite(value).all() or not torch.isfinite(node["value"]).all():
+                return name
+    return None

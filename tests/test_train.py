@@ -1,0 +1,100 @@
+"""The training loop: warm-up schedule, exact resume after a signal, checkpoints."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from deepfactor.fitting import fit, read_training_checkpoint
+from deepfactor.train import SVITrainer, TrainingInterrupted, kl_weight
+
+from conftest import REPO, small_config
+
+
+def test_kl_weight_rises_linearly_then_stays_at_one():
+    assert [kl_weight(e, 4, 0.2) for e in range(1, 7)] == pytest.approx(
+        [0.2, 0.4, 0.6, 0.8, 1.0, 1.0])
+    assert kl_weight(1, 0, 0.2) == 1.0
+
+
+def test_a_run_stopped_mid_epoch_and_resumed_ends_like_an_unstopped_one(tmp_path, monkeypatch):
+    config = small_config(**{"train.epochs": 5, "train.kl_warmup_epochs": 2,
+                             "train.lr_final": 0.002})
+    straight = fit(config, progress=False)
+
+    step = SVITrainer._step
+
+    def signal_at_step_6(self, batch):  # epochs have 4 steps: this is inside epoch 2
+        if self.step == 5:
+            signal.raise_signal(signal.SIGINT)
+        return step(self, batch)
+
+    monkeypatch.setattr(SVITrainer, "_step", signal_at_step_6)
+    path = tmp_path / "training.pt"
+    with pytest.raises(TrainingInterrupted, match="SIGINT at step 6"):
+        fit(config, progress=False, checkpoint_path=path)
+    monkeypatch.setattr(SVITrainer, "_step", step)
+
+    saved_config, state = read_training_checkpoint(path)
+    assert dict(saved_config) == dict(config) and state["position"] > 0
+    resumed = fit(saved_config, progress=False, checkpoint_path=path, resume=state)
+
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
+    for key, value in straight.guide.state_dict().items():
+        torch.testing.assert_close(resumed.guide.state_dict()[key], value, rtol=0, atol=0)
+    assert resumed.metrics["test"] == straight.metrics["test"]
+    untimed = [{k: v for k, v in r.items() if k != "seconds"} for r in straight.history]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.history] == untimed
+
+
+def test_checkpoints_are_written_every_n_epochs(tmp_path, monkeypatch):
+    written = []
+    original = SVITrainer._end_epoch
+
+    def spy(self, bar):
+        original(self, bar)
+        if (tmp_path / "training.pt").exists():
+            written.append(self.epoch)
+            (tmp_path / "training.pt").unlink()
+
+    monkeypatch.setattr(SVITrainer, "_end_epoch", spy)
+    fit(small_config(**{"train.epochs": 5, "train.checkpoint_every": 2}), progress=False,
+        checkpoint_path=tmp_path / "training.pt")
+    assert written == [2, 4, 5]  # every 2 epochs, and at the end
+
+
+@pytest.mark.slow
+def test_cli_sigint_saves_and_resume_matches_an_uninterrupted_run(tmp_path):
+    args = ["--set", "data.dataset=synthetic", "--set", "data.split=random",
+            "--set", "data.synthetic_ratings=3000", "--set", "data.synthetic_movies=100",
+            "--set", "data.synthetic_users=80", "--set", "train.epochs=40",
+            "--set", "train.batch_size=200", "--set", "train.checkpoint_every=1",
+            "--set", "eval.num_samples=10", "--quiet"]
+    gaussian = str(REPO / "models" / "gaussian.toml")
+    base = [sys.executable, "-m", "deepfactor", "fit", gaussian]
+    straight = subprocess.run(base + ["--out", str(tmp_path / "a"), *args], capture_output=True,
+                              text=True)
+    assert straight.returncode == 0, straight.stderr
+
+    run = tmp_path / "b"
+    proc = subprocess.Popen(base + ["--out", str(run), *args], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "training.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "deepfactor fit --resume" in stderr and "Traceback" not in stderr
+    assert not (run / "model.pt").exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "deepfactor", "fit", "--resume", str(run),
+                              "--quiet"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    b = json.loads((run / "metrics.json").read_text())
+    assert b["test"] == a["test"] and b["fit"]["epochs"] == a["fit"]["epochs"]
