@@ -98,3 +98,11 @@ def test_fit_recovers_the_noise_scale_of_simulated_data():
     assert 0.9 * NOISE_SD < sigma and unexplained < 0.25
     # and it predicts held-out ratings clearly better than the training mean does
     assert fitted.metrics["ratio_to_reference"]["global_mean"]["rmse"] < 0.75
+
+
+def test_synthetic_bernoulli_data_survive_the_configured_threshold():
+    data = load_data(small_config(**{"model.likelihood": "bernoulli"}))
+    from deepfactor.likelihoods import make_likelihood
+
+    liked = make_likelihood("bernoulli", threshold=3.0).prepare(data.train.rating)
+    assert 0.1 < liked.mean() < 0.9  # both classes present, as the model drew them

@@ -7,9 +7,12 @@ a pair is the mixture
 .. math::  p(r_{ij} \\mid \\text{data}) \\approx \\frac{1}{S} \\sum_{s=1}^S p(r \\mid \\eta^{(s)}_{ij}),
     \\qquad \\eta^{(s)}_{ij} = f_\\theta(z_i^{(s)} \\odot z_j^{(s)}),\\; z^{(s)} \\sim q.
 
-Draws are made per entity, not per pair, so within one draw a movie has one latent
-shared by all its pairs, as in the model. Pairs are processed in chunks, which bounds
-memory at about ``S x chunk x decoder width`` floats whatever the number of pairs.
+Draws are made per entity, not per pair, so within one chunk of pairs and one draw a
+movie has one latent shared by all its pairs, as in the model. Pairs are processed in
+chunks, which bounds memory at about ``S x chunk x decoder width`` floats whatever the
+number of pairs; each chunk draws afresh, which is right for the per-pair summaries made
+here but not for statistics over many pairs at once (``deepfactor.checks`` draws each
+latent once for all chunks for those).
 """
 
 from __future__ import annotations

@@ -90,7 +90,8 @@ def simulate(model: MatrixFactorization, num_ratings: int, seed: int,
     Returns
     -------
     ratings : Ratings
-        Raw ids are ``"1".."M"`` and ``"1".."U"``.
+        Raw ids are ``"1".."M"`` and ``"1".."U"``. For a Bernoulli likelihood with a
+        threshold ``t``, a like is stored as ``t + 1`` and a dislike as ``t``.
     truth : SyntheticTruth
     """
     rng = np.random.default_rng(seed)
@@ -119,6 +120,11 @@ def simulate(model: MatrixFactorization, num_ratings: int, seed: int,
                                                      "z_user": z_user[batch.users]})
         torch.manual_seed(seed)
         values = conditioned(batch).double().numpy()
+    threshold = getattr(model.likelihood, "threshold", None)
+    if threshold is not None:
+        # Stored as ratings that the configured threshold maps back to the draws: a
+        # like (1) just above it, a dislike (0) at it.
+        values = np.where(values > 0.5, threshold + 1.0, threshold)
     ratings = Ratings(movie, user, values, pattern.movie_ids, pattern.user_ids,
                       source="synthetic", line=np.arange(1, num_ratings + 1))
     return ratings, SyntheticTruth(z_movie, z_user, eta)
