@@ -22,6 +22,7 @@ from scipy import stats
 
 from deepfactor import checks
 from deepfactor import diagnostics as dg
+from deepfactor.data.ratings import Ratings
 from deepfactor.fitted import build_modules
 from deepfactor.fitting import fit, load_data
 from deepfactor.predict import Posterior
@@ -41,6 +42,9 @@ def _truth(likelihood, seed, movies=120, users=90, ratings=3000):
     model, _ = build_modules(config, movies, users)
     model.eval()
     data, truth = simulate(model, ratings, seed, output_bias=BIAS[likelihood])
+    # simulate() stores Bernoulli draws as ratings around the threshold: back to targets
+    data = Ratings(data.movie, data.user, model.likelihood.prepare(data.rating),
+                   data.movie_ids, data.user_ids, data.source, data.line)
     point = Posterior(truth.z_movie, torch.zeros_like(truth.z_movie),
                       truth.z_user, torch.zeros_like(truth.z_user))
     return model, point, data

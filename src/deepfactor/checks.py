@@ -59,7 +59,7 @@ from . import diagnostics as dg
 from .checkpoint import write_json, write_text
 from .config import Config
 from .data.ratings import IdIndex, Ratings
-from .likelihoods import BernoulliLikelihood, Likelihood, NormalLikelihood, PoissonLikelihood
+from .likelihoods import Likelihood, NormalLikelihood
 from .model import MatrixFactorization
 from .predict import DEFAULT_CHUNK, Posterior
 
@@ -130,24 +130,6 @@ class PredictiveDraws:
     @property
     def num_samples(self) -> int:
         return self.replicated.shape[0]
-
-
-def _cdf_below_at(likelihood: Likelihood, eta: torch.Tensor, y: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``P(Y < y)`` and ``P(Y <= y)`` per draw, for draws ``eta`` (S, c); each (S, c)."""
-    if isinstance(likelihood, NormalLikelihood):
-        at = likelihood.distribution(eta).cdf(y)
-        return at, at
-    if isinstance(likelihood, PoissonLikelihood):
-        rate = likelihood.rate(eta)
-        at = torch.special.gammaincc(y + 1, rate)  # P(Y <= y) for integer y
-        below = torch.where(y >= 1, torch.special.gammaincc(y.clamp(min=1), rate), 0.0)
-        return below, at
-    if isinstance(likelihood, BernoulliLikelihood):
-        p0 = 1 - torch.sigmoid(eta)  # P(Y = 0)
-        one = y >= 1
-        return torch.where(one, p0, 0.0), torch.where(one, 1.0, p0)
-    raise NotImplementedError(f"no predictive CDF for the {likelihood.name!r} likelihood")
 
 
 def _draw_latents(loc: torch.Tensor, scale: torch.Tensor, rows: np.ndarray, num: int
@@ -241,7 +223,7 @@ class _Accumulator:
         d = likelihood.distribution(eta)
         self.replicated[block, part] = d.sample().numpy()
         self.log_lik[block, part] = d.log_prob(y).double().numpy()
-        below, at = _cdf_below_at(likelihood, eta, y)
+        below, at = likelihood.cdf_below_at(eta, y)
         for key, value in (("below", below), ("at", at), ("mean", d.mean),
                            ("mean_sq", d.mean**2), ("var", d.variance)):
             self.sums[key][part] += value.double().sum(0).numpy()

@@ -71,6 +71,14 @@ class Likelihood(PyroModule):
         log_p = self.distribution(eta).log_prob(target)  # (S, N)
         return torch.logsumexp(log_p, dim=0) - math.log(eta.shape[0])
 
+    def cdf_below_at(self, eta: torch.Tensor, y: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``P(r < y)`` and ``P(r <= y)`` under each draw; shapes of ``eta`` (S, N).
+
+        The two differ for discrete families; the randomized PIT draws between them.
+        """
+        raise NotImplementedError(f"no predictive CDF for the {self.name!r} likelihood")
+
     def predictive_summary(
         self, eta: torch.Tensor, quantiles: tuple[float, ...] = (0.05, 0.95)
     ) -> dict[str, torch.Tensor]:
@@ -104,6 +112,10 @@ class NormalLikelihood(Likelihood):
 
     def distribution(self, eta):
         return dist.Normal(eta, self.sigma)
+
+    def cdf_below_at(self, eta, y):
+        at = self.distribution(eta).cdf(y)
+        return at, at
 
     def predictive_summary(self, eta, quantiles=(0.05, 0.95)):
         sigma = self.sigma.detach()
@@ -159,6 +171,12 @@ class PoissonLikelihood(Likelihood):
         # inverse softplus: log(exp(m) - 1)
         return float(mean + math.log(-math.expm1(-mean)))
 
+    def cdf_below_at(self, eta, y):
+        rate = self.rate(eta)
+        at = torch.special.gammaincc(y + 1, rate)  # P(r <= y) for integer y
+        below = torch.where(y >= 1, torch.special.gammaincc(y.clamp(min=1), rate), 0.0)
+        return below, at
+
     def predictive_summary(self, eta, quantiles=(0.05, 0.95)):
         rate = self.rate(eta)
         mean = rate.mean(0)
@@ -212,6 +230,11 @@ class BernoulliLikelihood(Likelihood):
     def link_inverse_of_mean(self, mean):
         mean = min(max(mean, 1e-3), 1 - 1e-3)
         return math.log(mean / (1 - mean))
+
+    def cdf_below_at(self, eta, y):
+        p0 = 1 - torch.sigmoid(eta)  # P(r = 0)
+        one = y >= 1
+        return torch.where(one, p0, 0.0), torch.where(one, 1.0, p0)
 
     def predictive_summary(self, eta, quantiles=(0.05, 0.95)):
         p = torch.sigmoid(eta).mean(0)  # predictive probability of a like
