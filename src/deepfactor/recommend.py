@@ -1,0 +1,403 @@
+"""Recommendations with uncertainty, and the completed rating matrix in chunks.
+
+For a user ``j`` and each candidate movie ``i`` the posterior predictive is the mixture
+of :mod:`deepfactor.predict`, from ``S`` joint draws ``(z_i^{(s)}, z_j^{(s)}) ~ q``. The
+user's latent is drawn once per ``s`` and shared by every candidate, as in the model.
+:func:`recommend` ranks the candidates by one of three scores:
+
+``mean``
+    the posterior predictive mean ``E[r_ij | data]`` (for Bernoulli, the
+    probability of a like);
+``upper``
+    the ``quantile`` (0.9 by default) of the posterior of the expected rating
+    ``E[r | eta_ij]`` over the draws: optimism in the face of uncertainty, as in
+    Bayes-UCB (Kaufmann, Cappé and Garivier 2012). It leaves out the observation
+    noise, which says nothing about which movie is better;
+``thompson``
+    ``E[r | eta_ij]`` under a single joint posterior draw (Thompson sampling): each
+    call with another seed explores differently, in proportion to the uncertainty.
+
+:func:`complete` fills the ``users x movies`` matrices of predictive means and sds a
+block of rows at a time. The only dense arrays it allocates are the two outputs, in
+the requested dtype (or the caller's own arrays, such as memory maps, via ``out``);
+:func:`iter_complete` yields the blocks without keeping them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .foldin import FoldIn
+from .predict import DEFAULT_CHUNK, chunks, draw_eta
+
+if TYPE_CHECKING:
+    from .data.ratings import IdIndex
+    from .fitted import FittedModel
+
+__all__ = ["STRATEGIES", "Completion", "complete", "iter_complete", "movie_titles",
+           "recommend", "top_k_movies"]
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("mean", "upper", "thompson")
+Strategy = Literal["mean", "upper", "thompson"]
+
+
+# -- one entity against many ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """Predictive mean, sd and ranking score per candidate; each of shape (num_candidates,)."""
+
+    mean: torch.Tensor
+    sd: torch.Tensor
+    score: torch.Tensor
+
+
+@torch.no_grad()
+def _score(model, one_loc: torch.Tensor, one_scale: torch.Tensor, one_is_user: bool,
+           other_loc: torch.Tensor, other_scale: torch.Tensor, strategy: Strategy,
+           quantile: float, num_samples: int, seed: int,
+           chunk: int = DEFAULT_CHUNK) -> _Scored:
+    """Score every row of ``other_loc`` (num_candidates, D) against one entity (D,)."""
+    generator = torch.Generator().manual_seed(seed)
+    eps = torch.randn((num_samples, one_loc.shape[-1]), generator=generator,
+                      dtype=one_loc.dtype)
+    z_one = one_loc + one_scale * eps  # (S, D): one draw per s, shared by all candidates
+    likelihood = model.likelihood
+    parts: list[_Scored] = []
+    for part in chunks(other_loc.shape[0], chunk):
+        loc, scale = other_loc[part], other_scale[part]
+        eps = torch.randn((num_samples, *loc.shape), generator=generator, dtype=loc.dtype)
+        z_other = loc + scale * eps  # (S, n, D)
+        z_pair = z_one.unsqueeze(1).expand_as(z_other)  # (S, n, D)
+        eta = (model.decoder(z_other, z_pair) if one_is_user
+               else model.decoder(z_pair, z_other))  # (S, n)
+        summary = likelihood.predictive_summary(eta, quantiles=())
+        if strategy == "mean":
+            score = summary["mean"]
+        elif strategy == "upper":
+            score = torch.quantile(likelihood.mean(eta), quantile, dim=0)
+        else:
+            score = likelihood.mean(eta[0])  # the first joint draw
+        parts.append(_Scored(summary["mean"], summary["sd"], score))
+    return _Scored(*(torch.cat([getattr(p, f) for p in parts]) for f in ("mean", "sd", "score")))
+
+
+def _top(score: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` largest scores, best first; ties by position."""
+    k = min(k, len(score))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    best = np.argpartition(-score, k - 1)[:k] if k < len(score) else np.arange(len(score))
+    return best[np.lexsort((best, -score[best]))]
+
+
+def recommend(fitted: FittedModel, user: object | FoldIn, k: int = 10, *,
+              exclude_seen: bool = True, strategy: Strategy = "mean", quantile: float = 0.9,
+              candidates: Sequence[object] | None = None, exclude: Sequence[object] = (),
+              titles: Mapping[str, str] | None = None, num_samples: int | None = None,
+              seed: int | None = None) -> pd.DataFrame:
+    """The top-``k`` movies for a user, with the predictive mean and sd of each.
+
+    Parameters
+    ----------
+    fitted : FittedModel
+    user : raw id or FoldIn
+        A user of the fitted model (``196`` and ``"196"`` are one user), or a new user
+        from :func:`~deepfactor.foldin.fold_in`. A folded-in *movie* gets the top-``k``
+        users instead.
+    k : int, default 10
+    exclude_seen : bool, default True
+        Leave out what the user has rated: the training ratings the encoders read, or
+        for a new user the ratings it was folded in from.
+    strategy : {"mean", "upper", "thompson"}, default "mean"
+        The ranking score; see the module docstring.
+    quantile : float, default 0.9
+        For ``strategy="upper"``.
+    candidates : sequence of raw ids, optional
+        The movies to rank. Default: every movie with at least one rating the
+        encoders read (a movie no one rated would be ranked from the prior).
+    exclude : sequence of raw ids
+        Movies to leave out besides the seen ones.
+    titles : mapping of raw id to str, optional
+        Movie titles, e.g. from :func:`movie_titles`.
+    num_samples, seed : int, optional
+        Posterior draws and their seed (defaults: the run's configuration).
+
+    Returns
+    -------
+    DataFrame
+        ``min(k, num_candidates)`` rows, best first: ``rank`` (1..k), ``movie`` (raw
+        id; ``user`` for a folded-in movie), ``title`` (None where unknown), ``mean``,
+        ``sd`` (posterior predictive; for Bernoulli the probability of a like and its
+        Bernoulli sd) and, unless ``strategy="mean"``, ``score``.
+
+    Raises
+    ------
+    KeyError
+        Naming an unknown user, or unknown ids in ``candidates`` or ``exclude``.
+    ValueError
+        For a bad ``k``, ``strategy`` or ``quantile``.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile!r}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    one_loc, one_scale, one_is_user, seen = _the_one(fitted, user)
+    other = "movie" if one_is_user else "user"
+    others = fitted.movie_ids if one_is_user else fitted.user_ids
+    post = fitted.posterior
+    other_loc, other_scale = ((post.z_movie_loc, post.z_movie_scale) if one_is_user
+                              else (post.z_user_loc, post.z_user_scale))
+
+    # Candidates: rated by someone, minus the seen and the excluded.
+    if candidates is None:
+        rows = fitted.inputs.by_movie if one_is_user else fitted.inputs.by_user
+        keep = rows.counts > 0
+    else:
+        keep = np.zeros(len(others), dtype=bool)
+        keep[others.index_of(candidates, what=f"{other} id")] = True
+    if exclude_seen:
+        keep[seen] = False
+    keep[others.index_of(exclude, what=f"{other} id")] = False
+    pool = np.flatnonzero(keep)  # (num_candidates,)
+
+    config = fitted.config
+    scored = _score(fitted.model, one_loc, one_scale, one_is_user, other_loc[pool],
+                    other_scale[pool], strategy, quantile,
+                    num_samples or config["eval.num_samples"],
+                    config["train.seed"] if seed is None else seed)
+    score = scored.score.numpy().astype(np.float64)
+    best = _top(score, k)
+    ids = others.raw_of(pool[best])
+    frame = pd.DataFrame({"rank": np.arange(1, len(best) + 1), other: list(ids),
+                          "title": [(titles or {}).get(i) for i in ids],
+                          "mean": scored.mean.numpy()[best].astype(np.float64),
+                          "sd": scored.sd.numpy()[best].astype(np.float64)})
+    if strategy != "mean":
+        frame["score"] = score[best]
+    return frame
+
+
+def _the_one(fitted: FittedModel, user: object | FoldIn):
+    """(loc, scale, is_user, seen other-kind indices) of a raw user id or a fold-in."""
+    if isinstance(user, FoldIn):
+        if user.fitted is not fitted:
+            raise ValueError("this FoldIn was made from another fitted model")
+        return user.z_loc, user.z_scale, user.kind == "user", user.rated
+    j = int(fitted.user_ids.index_of([user], what="user id")[0])
+    rows = fitted.inputs.by_user
+    seen = rows.indices[rows.indptr[j]:rows.indptr[j + 1]]
+    post = fitted.posterior
+    return post.z_user_loc[j], post.z_user_scale[j], True, seen
+
+
+# -- many users: top-k and the completed matrix ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The completed matrix: posterior predictive mean and sd of every (user, movie) cell.
+
+    Attributes
+    ----------
+    users : list of str, length num_users
+    movies : list of str, length num_movies
+    mean, sd : ndarray, shape (num_users, num_movies)
+    """
+
+    users: list[str]
+    movies: list[str]
+    mean: np.ndarray
+    sd: np.ndarray
+
+    def frame(self, what: Literal["mean", "sd"] = "mean") -> pd.DataFrame:
+        """One of the matrices as a DataFrame indexed by user, with a column per movie."""
+        return pd.DataFrame(getattr(self, what), index=pd.Index(self.users, name="user"),
+                            columns=pd.Index(self.movies, name="movie"), copy=False)
+
+
+def _indices(ids: IdIndex, wanted: Sequence[object] | None, what: str):
+    """Indices and raw ids of ``wanted`` (None: all of ``ids``); unknown ids raise."""
+    if wanted is None:
+        return np.arange(len(ids), dtype=np.int64), ids.raw
+    wanted = [str(w) for w in wanted]
+    return ids.index_of(wanted, what=what), wanted
+
+
+@torch.no_grad()
+def iter_complete(fitted: FittedModel, users: Sequence[object] | None = None,
+                  movies: Sequence[object] | None = None, *, num_samples: int | None = None,
+                  seed: int | None = None, dtype=np.float32,
+                  chunk: int = DEFAULT_CHUNK) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """The completed matrix a block of user rows at a time.
+
+    Parameters
+    ----------
+    fitted : FittedModel
+    users, movies : sequence of raw ids, optional
+        Rows and columns (default: every user, every movie), in this order.
+    num_samples, seed : int, optional
+        Posterior draws and their seed (defaults: the run's configuration).
+    dtype : numpy dtype, default float32
+        Of the yielded blocks; the decoder computes in torch's default dtype, so
+        float64 adds no information with the default float32 torch.
+    chunk : int
+        Pairs decoded at once (memory ``~ num_samples x chunk x decoder width``).
+
+    Yields
+    ------
+    rows : slice
+        The block's rows among ``users``.
+    mean, sd : ndarray, shape (rows, num_movies)
+        A block holds ``max(1, chunk // num_movies)`` users.
+    """
+    user_index, _ = _indices(fitted.user_ids, users, "user id")
+    movie_index, _ = _indices(fitted.movie_ids, movies, "movie id")
+    config = fitted.config
+    num_samples = num_samples or config["eval.num_samples"]
+    generator = torch.Generator().manual_seed(config["train.seed"] if seed is None else seed)
+    likelihood = fitted.model.likelihood
+    num_movies = len(movie_index)
+    rows_per_block = max(1, chunk // max(num_movies, 1))
+
+    for block in chunks(len(user_index), rows_per_block):
+        rows = user_index[block]
+        mean = np.empty((len(rows), num_movies), dtype=dtype)
+        sd = np.empty((len(rows), num_movies), dtype=dtype)
+        flat_mean, flat_sd = mean.reshape(-1), sd.reshape(-1)  # views, C order
+        movie = np.tile(movie_index, len(rows))  # (rows * num_movies,)
+        user = np.repeat(rows, num_movies)
+        for part in chunks(len(movie), chunk):
+            eta = draw_eta(fitted.model, fitted.posterior, movie[part], user[part],
+                           num_samples, generator)  # (S, pairs)
+            summary = likelihood.predictive_summary(eta, quantiles=())
+            flat_mean[part] = summary["mean"].numpy()
+            flat_sd[part] = summary["sd"].numpy()
+        yield block, mean, sd
+
+
+def complete(fitted: FittedModel, users: Sequence[object] | None = None,
+             movies: Sequence[object] | None = None, *, num_samples: int | None = None,
+             seed: int | None = None, dtype=np.float32,
+             out: tuple[np.ndarray, np.ndarray] | None = None,
+             chunk: int = DEFAULT_CHUNK) -> Completion:
+    """The completed ``users x movies`` matrices of posterior predictive mean and sd.
+
+    Parameters
+    ----------
+    fitted : FittedModel
+    users, movies : sequence of raw ids, optional
+        Rows and columns (default: every user, every movie).
+    num_samples, seed : int, optional
+        Posterior draws and their seed (defaults: the run's configuration).
+    dtype : numpy dtype, default float32
+        Of the two matrices, when ``out`` is not given.
+    out : (mean, sd), optional
+        Arrays of shape ``(num_users, num_movies)`` to write into (for example
+        ``numpy.memmap`` files, for a matrix larger than memory).
+    chunk : int
+        Pairs decoded at once.
+
+    Returns
+    -------
+    Completion
+        ``mean`` and ``sd`` of shape ``(num_users, num_movies)`` (the ``out`` arrays
+        when given); observed cells are predicted too, from the posterior.
+
+    Notes
+    -----
+    Memory: the two outputs, one block of ``max(1, chunk // num_movies)`` rows in
+    ``dtype``, and the draws of one chunk of pairs; never a dense array over every
+    cell beyond the outputs, and never ``S`` of them.
+    """
+    _, user_raw = _indices(fitted.user_ids, users, "user id")
+    _, movie_raw = _indices(fitted.movie_ids, movies, "movie id")
+    shape = (len(user_raw), len(movie_raw))
+    if out is None:
+        out = (np.empty(shape, dtype=dtype), np.empty(shape, dtype=dtype))
+    for array in out:
+        if array.shape != shape:
+            raise ValueError(f"out arrays must have shape {shape} (users x movies), "
+                             f"got {array.shape}")
+    for rows, mean, sd in iter_complete(fitted, users, movies, num_samples=num_samples,
+                                        seed=seed, dtype=out[0].dtype, chunk=chunk):
+        out[0][rows], out[1][rows] = mean, sd
+    return Completion(list(user_raw), list(movie_raw), out[0], out[1])
+
+
+def top_k_movies(fitted: FittedModel, users: np.ndarray, k: int = 10, *,
+                 exclude_seen: bool = True, num_samples: int | None = None,
+                 seed: int | None = None, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+    """Top-``k`` movies by posterior predictive mean for many users at once.
+
+    Candidates are the movies with at least one rating the encoders read, as in
+    :func:`recommend`; with ``exclude_seen`` each user's own rated movies are left out.
+
+    Parameters
+    ----------
+    users : ndarray of int, shape (num_users,)
+        User indices of the fitted model.
+
+    Returns
+    -------
+    ndarray of int64, shape (num_users, k)
+        Movie indices, best first; ``-1`` pads a row with fewer than ``k`` candidates.
+    """
+    by_movie, by_user = fitted.inputs.by_movie, fitted.inputs.by_user
+    pool = np.flatnonzero(by_movie.counts > 0)  # (num_candidates,)
+    column_of = np.full(by_movie.num_rows, -1, dtype=np.int64)
+    column_of[pool] = np.arange(len(pool))
+    raw_users = fitted.user_ids.raw_of(np.asarray(users, dtype=np.int64))
+    out = np.full((len(users), k), -1, dtype=np.int64)
+    for rows, mean, _ in iter_complete(fitted, raw_users, fitted.movie_ids.raw_of(pool),
+                                       num_samples=num_samples, seed=seed, chunk=chunk):
+        score = mean.astype(np.float64)  # (rows, num_candidates), one block only
+        for r, j in enumerate(users[rows]):
+            if exclude_seen:
+                seen = column_of[by_user.indices[by_user.indptr[j]:by_user.indptr[j + 1]]]
+                score[r, seen[seen >= 0]] = -np.inf
+            allowed = np.isfinite(score[r])
+            best = _top(np.where(allowed, score[r], -np.inf), k)
+            best = best[allowed[best]]
+            out[rows.start + r, :len(best)] = pool[best]
+    return out
+
+
+# -- titles ----------------------------------------------------------------------------------
+
+
+def movie_titles(fitted: FittedModel, data_dir: str | os.PathLike | None = None
+                 ) -> dict[str, str]:
+    """Movie titles from the dataset's ``u.item`` (Latin-1), or {} when it is not found.
+
+    The folder is looked for as for fitting (``data_dir``, the run's ``data.path``,
+    ``$DEEPFACTOR_DATA``, the cache), never downloaded; without it, or for the
+    synthetic dataset, a note is logged and there are no titles.
+    """
+    from .data.datasets import DatasetNotFoundError, resolve_dataset
+    from .data.readers import DataFormatError, read_movie_titles
+
+    name = fitted.config["data.dataset"]
+    if name == "synthetic":
+        log.info("synthetic data has no movie titles")
+        return {}
+    try:
+        folder = resolve_dataset(name, data_dir or fitted.config["data.path"] or None,
+                                 download=False)
+        return read_movie_titles(folder / "u.item")
+    except (DatasetNotFoundError, DataFormatError, OSError) as err:
+        log.info("no movie titles (%s)", err)
+        return {}

@@ -1,0 +1,220 @@
+"""Recommendations (mean, upper quantile, Thompson), the completed matrix, titles."""
+
+import logging
+import tracemalloc
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from deepfactor.fitted import FittedModel, build_modules
+from deepfactor.fitting import fit, load_data
+from deepfactor.foldin import fold_in
+from deepfactor.likelihoods import NormalLikelihood
+from deepfactor.recommend import (_score, complete, iter_complete, movie_titles, recommend,
+                                  top_k_movies)
+
+from conftest import small_config
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return fit(small_config(**{"train.epochs": 4}), progress=False)
+
+
+def _seen(fitted, user: str) -> set[str]:
+    r = fitted.encoder_ratings
+    j = fitted.user_ids.index_of([user])[0]
+    return set(fitted.movie_ids.raw_of(r.movie[r.user == j]))
+
+
+def _busy_user(fitted) -> str:
+    return fitted.user_ids.raw[int(np.argmax(fitted.encoder_ratings.user_counts()))]
+
+
+# -- recommend -------------------------------------------------------------------------------
+
+
+def test_recommend_layout_order_and_seen_movies(fitted):
+    user = _busy_user(fitted)
+    top = recommend(fitted, user, k=5)
+    assert list(top.columns) == ["rank", "movie", "title", "mean", "sd"]
+    assert list(top["rank"]) == [1, 2, 3, 4, 5]
+    assert (np.diff(top["mean"]) <= 0).all() and (top["sd"] > 0).all()
+    assert not set(top["movie"]) & _seen(fitted, user)
+    assert top["title"].isna().all()
+
+    everything = recommend(fitted, user, k=len(fitted.movie_ids), exclude_seen=False)
+    rated = fitted.movie_ids.raw_of(np.flatnonzero(fitted.encoder_ratings.movie_counts()))
+    assert set(everything["movie"]) == set(rated)  # every movie with a training rating
+
+
+def test_recommend_means_agree_with_predict_within_monte_carlo_error(fitted):
+    user = _busy_user(fitted)
+    top = recommend(fitted, user, k=8, num_samples=4000)
+    pred = fitted.predict([user] * 8, list(top["movie"]), num_samples=4000, seed=9)
+    # two independent estimates of the same mean, each with error below sd / sqrt(S)
+    bound = 5 * np.sqrt(2) * top["sd"].to_numpy() / np.sqrt(4000)
+    assert (np.abs(top["mean"].to_numpy() - pred["mean"].to_numpy()) < bound).all()
+    np.testing.assert_allclose(top["sd"], pred["sd"], rtol=0.05)
+
+
+def test_ids_as_strings_candidates_exclude_and_titles(fitted):
+    user = _busy_user(fitted)
+    a = recommend(fitted, int(user), k=3, seed=1)
+    b = recommend(fitted, user, k=3, seed=1)
+    assert a.equals(b)
+    pool = [m for m in fitted.movie_ids.raw if m not in _seen(fitted, user)][:6]
+    picked = recommend(fitted, user, k=10, candidates=pool, exclude=pool[:2])
+    assert set(picked["movie"]) == set(pool[2:])
+    titled = recommend(fitted, user, k=3, candidates=pool,
+                       titles={m: f"Movie {m}" for m in pool[1:]})
+    assert [t if m != pool[0] else None for m, t in zip(titled["movie"], titled["title"])] \
+        == [None if m == pool[0] else f"Movie {m}" for m in titled["movie"]]
+    assert titled["title"][titled["movie"] == pool[0]].isna().all()
+
+
+def test_unknown_ids_are_named(fitted):
+    with pytest.raises(KeyError, match="unknown user id: '99999'"):
+        recommend(fitted, 99999)
+    with pytest.raises(KeyError, match="unknown movie ids: 'x', 'y'"):
+        recommend(fitted, _busy_user(fitted), candidates=["1", "x", "y"])
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"strategy": "best"}, "strategy must be one of"), ({"k": 0}, "k must be at least 1"),
+    ({"strategy": "upper", "quantile": 1.0}, "quantile must be in"),
+])
+def test_bad_options(fitted, options, message):
+    with pytest.raises(ValueError, match=message):
+        recommend(fitted, _busy_user(fitted), **options)
+
+
+def test_a_folded_in_user_gets_recommendations_without_its_rated_movies(fitted):
+    new = fold_in(fitted, {"1": 5.0, "2": 4.0, "3": 1.0}, name="me")
+    top = recommend(fitted, new, k=4, strategy="upper")
+    assert list(top.columns) == ["rank", "movie", "title", "mean", "sd", "score"]
+    assert not set(top["movie"]) & {"1", "2", "3"}
+    assert (np.diff(top["score"]) <= 0).all()
+    assert new.recommend(k=4, strategy="upper").equals(top)
+
+
+# -- the three strategies on a case with a known answer --------------------------------------
+
+
+def _two_movies():
+    """eta = z_movie . z_user; the user is known (z = 1), movie A is sure, B is not."""
+    model = SimpleNamespace(decoder=lambda zm, zu: (zm * zu).sum(-1),
+                            likelihood=NormalLikelihood(0.5))
+    user = (torch.ones(1), torch.full((1,), 1e-6))
+    movies = (torch.tensor([[1.0], [0.9]]), torch.tensor([[0.01], [1.0]]))
+    return model, user, movies
+
+
+def test_mean_prefers_the_sure_movie_and_the_upper_quantile_the_uncertain_one():
+    model, (u_loc, u_scale), (m_loc, m_scale) = _two_movies()
+    mean = _score(model, u_loc, u_scale, True, m_loc, m_scale, "mean", 0.9, 4000, 0)
+    upper = _score(model, u_loc, u_scale, True, m_loc, m_scale, "upper", 0.9, 4000, 0)
+    assert mean.score[0] > mean.score[1]
+    # the 0.9 quantile of eta: 1.0 + 1.28 * 0.01 for A, 0.9 + 1.28 * 1.0 for B
+    np.testing.assert_allclose(upper.score, [1.0128, 2.1816], atol=0.08)
+    np.testing.assert_allclose(mean.sd, np.sqrt([0.5**2 + 0.01**2, 0.5**2 + 1.0]), rtol=0.05)
+
+
+def test_thompson_picks_each_movie_as_often_as_it_is_the_better_one():
+    # P(B > A) = P(N(0.9, 1) > N(1.0, 0.01^2)) = 0.46; over 400 seeds the share of B
+    # lies within 3.3 binomial sds of it except with probability 1e-3.
+    model, (u_loc, u_scale), (m_loc, m_scale) = _two_movies()
+    p = 1 - stats.norm.cdf(0.1 / np.hypot(1.0, 0.01))
+    picks_b = [bool(_score(model, u_loc, u_scale, True, m_loc, m_scale, "thompson", 0.9, 1,
+                           seed).score.argmax() == 1) for seed in range(400)]
+    assert abs(np.mean(picks_b) - p) < 3.3 * np.sqrt(p * (1 - p) / 400)
+
+
+def test_thompson_is_seeded(fitted):
+    user = _busy_user(fitted)
+    runs = [recommend(fitted, user, k=5, strategy="thompson", seed=s) for s in (1, 1, 2)]
+    assert runs[0].equals(runs[1]) and not runs[0]["score"].equals(runs[2]["score"])
+
+
+# -- the completed matrix --------------------------------------------------------------------
+
+
+def test_complete_matches_predict_within_monte_carlo_error(fitted):
+    users, movies = fitted.user_ids.raw[:5], fitted.movie_ids.raw[:7]
+    done = complete(fitted, users, movies, num_samples=4000)
+    assert done.mean.shape == done.sd.shape == (5, 7) and done.mean.dtype == np.float32
+    assert done.users == users and done.movies == movies
+    pred = fitted.predict(np.repeat(users, 7), np.tile(movies, 5), num_samples=4000)
+    bound = 5 * np.sqrt(2) * pred["sd"].to_numpy() / np.sqrt(4000)
+    assert (np.abs(done.mean.reshape(-1) - pred["mean"].to_numpy()) < bound).all()
+    assert done.frame("sd").loc[users[1], movies[2]] == done.sd[1, 2]
+
+
+def test_complete_writes_into_given_arrays_in_blocks(fitted, tmp_path):
+    shape = (len(fitted.user_ids), len(fitted.movie_ids))
+    out = tuple(np.lib.format.open_memmap(tmp_path / f"{n}.npy", mode="w+", dtype=np.float64,
+                                          shape=shape) for n in ("mean", "sd"))
+    done = complete(fitted, out=out, chunk=64, seed=2)
+    assert done.mean is out[0] and done.sd is out[1] and np.isfinite(out[0]).all()
+    blocks = list(iter_complete(fitted, chunk=64, seed=2))
+    assert all(mean.shape[0] * mean.shape[1] <= max(64, shape[1]) for _, mean, _ in blocks)
+    np.testing.assert_allclose(np.concatenate([m for _, m, _ in blocks]), out[0], rtol=1e-6)
+    with pytest.raises(ValueError, match="must have shape"):
+        complete(fitted, out=(out[0][:2], out[1][:2]))
+
+
+def test_complete_allocates_no_dense_array_beyond_its_outputs():
+    # An untrained model at 400 movies x 300 users: a float64 matrix is 960 KB, and
+    # complete() must not hold one (nor S of them) besides the outputs it was given.
+    # What it does hold scales with the chunk (index arrays of 512 pairs, np.unique's
+    # temporaries): a few tens of KB.
+    config = small_config(**{"data.synthetic_movies": 400, "data.synthetic_users": 300,
+                             "data.synthetic_ratings": 10000})
+    train = load_data(config).train
+    model, guide = build_modules(config, train.num_movies, train.num_users)
+    untrained = FittedModel(config, model, guide, train, 3.5, 1.0)
+    out = (np.empty((300, 400), np.float32), np.empty((300, 400), np.float32))
+    tracemalloc.start()
+    try:
+        complete(untrained, out=out, num_samples=20, chunk=512)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 300 * 400 * 8 / 8  # numpy allocations; torch's are bounded by chunks
+
+
+def test_top_k_movies_is_the_top_of_the_completed_matrix(fitted):
+    users = np.arange(6)
+    top = top_k_movies(fitted, users, k=4, seed=5)
+    pool = np.flatnonzero(fitted.encoder_ratings.movie_counts() > 0)
+    done = complete(fitted, fitted.user_ids.raw_of(users), fitted.movie_ids.raw_of(pool),
+                    seed=5)
+    for row, j in enumerate(users):
+        seen = set(fitted.encoder_ratings.movie[fitted.encoder_ratings.user == j])
+        ranked = [pool[c] for c in np.argsort(-done.mean[row], kind="stable")
+                  if pool[c] not in seen]
+        assert list(top[row]) == ranked[:4]
+
+
+# -- titles ----------------------------------------------------------------------------------
+
+
+def test_titles_come_from_u_item_in_latin_1(fitted, tmp_path):
+    (tmp_path / "u.data").write_text("1\t1\t5\t0\n")
+    (tmp_path / "u.item").write_bytes("1|Café Society (1995)|x\n2|Toy Story (1995)|y\n"
+                                      .encode("latin-1"))
+    config = fitted.config.replace(**{"data.dataset": "ml-100k", "data.path": str(tmp_path)})
+    titles = movie_titles(SimpleNamespace(config=config))
+    assert titles == {"1": "Café Society (1995)", "2": "Toy Story (1995)"}
+
+
+def test_no_titles_is_a_logged_note(fitted, tmp_path, caplog):
+    config = fitted.config.replace(**{"data.dataset": "ml-100k",
+                                      "data.path": str(tmp_path / "absent")})
+    with caplog.at_level(logging.INFO, logger="deepfactor.recommend"):
+        assert movie_titles(SimpleNamespace(config=config)) == {}
+    assert "no movie titles" in caplog.text
+    assert movie_titles(fitted) == {}  # synthetic data has none
