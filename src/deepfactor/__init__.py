@@ -25,6 +25,12 @@ _EXPORTS = {
     "Config": "deepfactor.config",
     "ConfigError": "deepfactor.config",
     "load_config": "deepfactor.config",
+    "fold_in": "deepfactor.foldin",
+    "FoldIn": "deepfactor.foldin",
+    "complete": "deepfactor.recommend",
+    "evaluate_ranking": "deepfactor.ranking",
+    "ranking_metrics": "deepfactor.ranking",
+    "stratified_split": "deepfactor.ranking",
 }
 __all__ = sorted(_EXPORTS)
 
