@@ -1,11 +1,8 @@
 """Checkpoints: round trip in a fresh process, and nothing we load can run code."""
 
-import pickle
 import subprocess
 import sys
-import zipfile
 
-import numpy as np
 import pytest
 import torch
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 import time
@@ -20,18 +19,6 @@ from deepfactor.data.readers import (
     read_movie_titles,
     read_ratings_file,
 )
-
-
-@pytest.fixture
-def ml100k_dir() -> Path:
-    """The real MovieLens 100K folder, found through ``$DEEPFACTOR_DATA``."""
-    root = os.environ.get("DEEPFACTOR_DATA")
-    if not root:
-        pytest.skip("DEEPFACTOR_DATA is not set (the folder that holds ml-100k/)")
-    folder = Path(root) / "ml-100k"
-    if not (folder / "u.data").is_file():
-        pytest.skip(f"no MovieLens 100K files at {folder}")
-    return folder
 
 
 def write(path: Path, text: str, *, encoding: str = "utf-8") -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -13,18 +12,6 @@ import pytest
 from deepfactor.data.ratings import Ratings
 from deepfactor.data.readers import DataFormatError, read_ratings_file
 from deepfactor.data.splits import SPLIT_NAMES, SPLITS, carve_validation, load_split
-
-
-@pytest.fixture
-def ml100k_dir() -> Path:
-    """The real MovieLens 100K folder, found through ``$DEEPFACTOR_DATA``."""
-    root = os.environ.get("DEEPFACTOR_DATA")
-    if not root:
-        pytest.skip("DEEPFACTOR_DATA is not set (the folder that holds ml-100k/)")
-    folder = Path(root) / "ml-100k"
-    if not (folder / "u.data").is_file():
-        pytest.skip(f"no MovieLens 100K files at {folder}")
-    return folder
 
 
 def write_ratings(path: Path, rows: list[tuple[str, str, float]]) -> Path:
