@@ -190,6 +190,56 @@ def test_duplicates_can_be_resolved(tmp_path, duplicates, kept):
     np.testing.assert_array_equal(np.sort(ratings.rating), np.sort(kept))
 
 
+def test_latest_keeps_the_largest_timestamp_and_of_ties_the_later_line(tmp_path):
+    text = (
+        "1\t1\t4\t300\n"  # pair (1, 1): latest by timestamp, though not last
+        "2\t1\t3\t100\n"  # pair (2, 1): tied at 100 with line 5
+        "1\t1\t2\t200\n"
+        "1\t2\t5\t50\n"  # pair (1, 2): no duplicate
+        "2\t1\t1\t100\n"  # the later of the tie wins
+        "1\t1\t3\t-7\n"
+    )
+    ratings = read_ratings_file(write(tmp_path / "r.tsv", text), duplicates="latest")
+
+    np.testing.assert_array_equal(ratings.line, [1, 4, 5])  # file order kept
+    np.testing.assert_array_equal(ratings.rating, [4.0, 5.0, 1.0])
+    assert ratings.user_ids.raw_of(ratings.user).tolist() == ["1", "1", "2"]
+
+
+def test_latest_reads_timestamps_in_any_column_order(tmp_path):
+    text = "m1,50,u1,4\nm1,70,u1,2\nm1,60,u1,5\n"
+    columns = ("movie", "timestamp", "user", "rating")
+    path = write(tmp_path / "r.csv", text)
+    ratings = read_ratings_file(path, sep=",", columns=columns, duplicates="latest")
+    np.testing.assert_array_equal(ratings.rating, [2.0])
+    np.testing.assert_array_equal(ratings.line, [2])
+
+
+@pytest.mark.parametrize("stamp", ["12.5", "soon", "", "1e9", "0x10"])
+def test_latest_needs_integer_timestamps_and_names_the_line(tmp_path, stamp):
+    text = f"1\t1\t4\t881250949\n\n2\t1\t3\t{stamp}\n"
+    path = write(tmp_path / "u1.base", text)
+    problem = re.escape(f"timestamp {stamp!r} is not an integer")
+    with pytest.raises(DataFormatError, match=error_at(path, 3, problem)):
+        read_ratings_file(path, duplicates="latest")
+    assert len(read_ratings_file(path)) == 2  # other policies do not read them
+
+
+def test_latest_timestamp_beyond_int64_is_named(tmp_path):
+    path = write(tmp_path / "r.tsv", "1\t1\t4\t1\n1\t2\t4\t" + "9" * 30 + "\n")
+    expected = error_at(path, 2, "timestamp '9+' is out of range")
+    with pytest.raises(DataFormatError, match=expected):
+        read_ratings_file(path, duplicates="latest")
+
+
+def test_latest_without_a_timestamp_column_is_refused(tmp_path):
+    path = write(tmp_path / "r.tsv", "1\t1\t4\n")
+    with pytest.raises(ValueError, match="needs columns to name 'timestamp'"):
+        read_ratings_file(
+            path, columns=("user", "movie", "rating"), duplicates="latest"
+        )
+
+
 @pytest.mark.parametrize(
     "columns",
     [("user", "movie"), ("user", "user", "rating"), ("a", "movie", "rating")],

@@ -110,6 +110,17 @@ def test_bad_test_file_is_reported_as_file_line(split_dir):
         load_split(split_dir, "u1")
 
 
+def test_duplicate_policy_applies_to_both_files(tmp_path):
+    (tmp_path / "u1.base").write_text("u1\tm1\t4\t10\nu1\tm1\t2\t20\nu2\tm1\t3\t5\n")
+    (tmp_path / "u1.test").write_text("u3\tm1\t5\t9\nu3\tm1\t1\t8\n")
+
+    with pytest.raises(DataFormatError, match="u1.base:2: 1 duplicate"):
+        load_split(tmp_path, "u1")
+    split = load_split(tmp_path, "u1", duplicates="latest")
+    assert split.train.rating.tolist() == [2.0, 3.0]
+    assert split.test.rating.tolist() == [5.0]  # timestamp 9 beats 8
+
+
 # ------------------------------------------------------------------ carve_validation
 
 

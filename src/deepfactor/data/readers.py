@@ -6,9 +6,10 @@ line can be found with an editor.
 
 A rating file holds one rating per line, fields split by ``sep``. Which field is
 which is given by ``columns``; the fields named ``"user"``, ``"movie"`` and
-``"rating"`` are read and any other field (the MovieLens timestamp) is only
-counted. Windows line endings, a UTF-8 byte-order mark, a missing final newline
-and blank lines are accepted.
+``"rating"`` are read, a ``"timestamp"`` field is read (as integers) only to keep
+the latest of duplicate ratings, and any other field is only counted. Windows line
+endings, a UTF-8 byte-order mark, a missing final newline and blank lines are
+accepted.
 
 Notes
 -----
@@ -198,10 +199,54 @@ def _duplicate_message(ratings: Ratings, repeated: np.ndarray) -> str:
     )
 
 
-def _handle_duplicates(ratings: Ratings, duplicates: str) -> Ratings:
+def _timestamp_column(
+    tokens: list[str], numbers: np.ndarray, source: str
+) -> np.ndarray:
+    """Timestamps as int64, shape ``(num_ratings,)``; each must be a decimal integer."""
+    stamps = list(map(str.strip, tokens))
+    bad = next((i for i, s in enumerate(stamps) if not _is_integer(s)), None)
+    if bad is None:
+        try:
+            return np.array(list(map(int, stamps)), dtype=np.int64)
+        except OverflowError:
+            bad = next(i for i, s in enumerate(stamps) if not _fits_int64(int(s)))
+            problem = "is out of range"
+    else:
+        problem = "is not an integer"
+    raise DataFormatError(
+        f"{_where(source, numbers[bad])}: timestamp {stamps[bad]!r} {problem}"
+    )
+
+
+def _is_integer(token: str) -> bool:
+    digits = token[1:] if token[:1] in "+-" else token
+    return digits.isascii() and digits.isdigit()
+
+
+def _fits_int64(value: int) -> bool:
+    return -(2**63) <= value < 2**63
+
+
+def _older_positions(ratings: Ratings, timestamp: np.ndarray) -> np.ndarray:
+    """Positions of ratings whose pair has a later one (by timestamp, then by line)."""
+    key = ratings.movie * max(ratings.num_users, 1) + ratings.user  # (num_ratings,)
+    position = np.arange(len(key))
+    # sorted by pair, then time, then file position: each pair's last is its latest
+    order = np.lexsort((position, timestamp, key))
+    latest = np.ones(len(key), dtype=bool)
+    latest[:-1] = key[order[1:]] != key[order[:-1]]
+    return np.sort(order[~latest])
+
+
+def _handle_duplicates(
+    ratings: Ratings, duplicates: str, timestamp: np.ndarray | None = None
+) -> Ratings:
     if duplicates == "keep":
         return ratings
-    if duplicates == "last":
+    if duplicates == "latest":
+        assert timestamp is not None, "keeping the latest needs the timestamps"
+        drop = _older_positions(ratings, timestamp)
+    elif duplicates == "last":
         # the last copy of a pair is the first copy of the reversed file
         reversed_positions = _duplicate_positions(ratings.subset(np.s_[::-1]))
         drop = len(ratings) - 1 - reversed_positions
@@ -227,7 +272,7 @@ def read_ratings_file(
     columns: Sequence[str] = MOVIELENS_COLUMNS,
     movie_ids: IdIndex | None = None,
     user_ids: IdIndex | None = None,
-    duplicates: Literal["error", "first", "last", "keep"] = "error",
+    duplicates: Literal["error", "first", "last", "latest", "keep"] = "error",
     encoding: str = "utf-8-sig",
 ) -> Ratings:
     """Read a delimited ratings file such as MovieLens ``u.data`` or ``u1.base``.
@@ -244,9 +289,11 @@ def read_ratings_file(
     movie_ids, user_ids : IdIndex, optional
         Existing id maps to extend. Ids already in them keep their index; new ids
         are appended in order of first appearance.
-    duplicates : {"error", "first", "last", "keep"}, default "error"
+    duplicates : {"error", "first", "last", "latest", "keep"}, default "error"
         What to do when a (user, movie) pair occurs more than once: raise, keep
-        its first or its last rating, or keep every copy.
+        its first or its last rating in the file, keep the rating with the largest
+        timestamp (of equal timestamps, the later line; ``columns`` must then name
+        a ``"timestamp"`` field of integers), or keep every copy.
     encoding : str, default "utf-8-sig"
         Text encoding; the default also accepts a UTF-8 byte-order mark.
 
@@ -263,7 +310,8 @@ def read_ratings_file(
     DataFormatError
         ``file:line: problem`` for a wrong number of fields, an empty id, a rating
         that is not a finite number, text that does not decode, duplicate pairs
-        (listing the lines of the first few), or a file without ratings.
+        (listing the lines of the first few), a timestamp that is not an integer
+        (with ``duplicates="latest"``), or a file without ratings.
     ValueError
         When ``columns`` or ``sep`` is malformed.
 
@@ -276,11 +324,16 @@ def read_ratings_file(
     """
     if not sep or "\n" in sep or "\r" in sep:
         raise ValueError(f"sep must be non-empty and without line breaks, got {sep!r}")
-    if duplicates not in ("error", "first", "last", "keep"):
+    if duplicates not in ("error", "first", "last", "latest", "keep"):
         raise ValueError(
-            f"duplicates must be error, first, last or keep, got {duplicates!r}"
+            f"duplicates must be error, first, last, latest or keep, got {duplicates!r}"
         )
     positions = _column_positions(columns)
+    if duplicates == "latest" and list(columns).count("timestamp") != 1:
+        raise ValueError(
+            "duplicates='latest' needs columns to name 'timestamp' exactly once, "
+            f"got {tuple(columns)!r}"
+        )
     path, source = Path(path), str(path)
 
     lines, numbers = _content_lines(_read_text(path, encoding))
@@ -300,7 +353,11 @@ def read_ratings_file(
         source=source,
         line=numbers,
     )
-    ratings = _handle_duplicates(ratings, duplicates)
+    timestamp = None
+    if duplicates == "latest":
+        stamps = tokens[list(columns).index("timestamp") :: len(columns)]
+        timestamp = _timestamp_column(stamps, numbers, source)
+    ratings = _handle_duplicates(ratings, duplicates, timestamp)
     logger.debug(
         "%s: %d ratings, %d movies, %d users",
         source,

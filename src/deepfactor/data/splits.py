@@ -99,7 +99,9 @@ def _share_ids(train: Ratings, test: Ratings) -> Ratings:
     return dataclasses.replace(train, movie_ids=test.movie_ids, user_ids=test.user_ids)
 
 
-def load_split(data_dir: str | os.PathLike, name: str) -> Split:
+def load_split(
+    data_dir: str | os.PathLike, name: str, *, duplicates: str = "error"
+) -> Split:
     """Read a canonical MovieLens 100K split, or all of ``u.data``.
 
     Parameters
@@ -110,6 +112,9 @@ def load_split(data_dir: str | os.PathLike, name: str) -> Split:
     name : str
         One of :data:`SPLITS` (``"u1"``..``"u5"``, ``"ua"``, ``"ub"``), which reads
         ``<name>.base`` and ``<name>.test``, or ``"all"``, which reads ``u.data``.
+    duplicates : {"error", "latest"} or another policy of read_ratings_file
+        What to do with a (user, movie) pair repeated within one file: raise
+        (listing the lines), or keep its rating with the largest timestamp.
 
     Returns
     -------
@@ -130,12 +135,15 @@ def load_split(data_dir: str | os.PathLike, name: str) -> Split:
         For an unknown split name.
     """
     train_path, test_path = _split_files(Path(data_dir), name)
-    train = read_ratings_file(train_path)
+    train = read_ratings_file(train_path, duplicates=duplicates)
     if test_path is None:
         return Split(train=train, test=None, name=name)
 
     test = read_ratings_file(
-        test_path, movie_ids=train.movie_ids, user_ids=train.user_ids
+        test_path,
+        movie_ids=train.movie_ids,
+        user_ids=train.user_ids,
+        duplicates=duplicates,
     )
     logger.info(
         "split %s: %d train, %d test ratings; %d test-only movies, %d test-only users",
