@@ -20,7 +20,7 @@ import pytest
 import torch
 from scipy import stats
 
-from deepfactor import checks
+from deepfactor import check_report, checks
 from deepfactor import diagnostics as dg
 from deepfactor.data.ratings import Ratings
 from deepfactor.fitted import build_modules
@@ -30,7 +30,8 @@ from deepfactor.simulate import simulate
 
 from conftest import REPO, small_config
 
-collapse_ok = pytest.mark.filterwarnings("ignore::deepfactor.checks.PosteriorCollapseWarning")
+collapse_ok = pytest.mark.filterwarnings(
+    "ignore::deepfactor.check_report.PosteriorCollapseWarning")
 BIAS = {"normal": 3.5, "poisson": 1.0, "bernoulli": 0.0}
 
 
@@ -277,12 +278,12 @@ def test_collapse_warns_when_most_dimensions_are_the_prior():
     loc[:, :2] = 1.0  # two active dimensions of six
     posterior = Posterior(loc, scale, loc.clone(), scale.clone())
     counts = np.ones(5, int)
-    with pytest.warns(checks.PosteriorCollapseWarning, match="only 2 of 6"):
-        out = checks.latent_collapse(posterior, counts, counts, latent_dim=6)
+    with pytest.warns(check_report.PosteriorCollapseWarning, match="only 2 of 6"):
+        out = check_report.latent_collapse(posterior, counts, counts, latent_dim=6)
     assert out["active"] == 2 and out["warning"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        quiet = checks.latent_collapse(posterior, counts, counts, latent_dim=3)
+        quiet = check_report.latent_collapse(posterior, counts, counts, latent_dim=3)
     assert quiet["active"] == 2 and not quiet["warning"]
 
 
@@ -321,9 +322,9 @@ def _check_written(out, expected):
 def test_bernoulli_report_writes_every_promised_file(tmp_path):
     config = small_config(**{"model.likelihood": "bernoulli", "model.like_threshold": 0.5})
     fitted = fit(config, progress=False)
-    report = checks.posterior_checks(fitted, load_data(config).test, num_samples=20,
-                                     train_sample=300)
-    checks.write_report(report, tmp_path)
+    report = check_report.posterior_checks(fitted, load_data(config).test,
+                                           num_samples=20, train_sample=300)
+    check_report.write_report(report, tmp_path)
     summary = _check_written(tmp_path, EVERY_RUN_FILE | {"reliability.csv",
                                                          "reliability.png"})
     assert set(summary["coverage"]) == {"50", "80", "90", "95"}
@@ -337,8 +338,8 @@ def test_bernoulli_report_writes_every_promised_file(tmp_path):
 @collapse_ok
 def test_prior_check_writes_its_files(tmp_path):
     config = small_config()
-    report = checks.prior_checks(config, load_data(config), num_samples=20)
-    checks.write_report(report, tmp_path)
+    report = check_report.prior_checks(config, load_data(config), num_samples=20)
+    check_report.write_report(report, tmp_path)
     summary = _check_written(tmp_path, {"predictive.nc", "report.md", "summary.json",
                                         "ppc_values_train.png", "p_values_train.csv"})
     assert summary["kind"] == "prior" and summary["coverage"] is None
@@ -373,7 +374,8 @@ def test_cli_check_writes_every_promised_file(tmp_path):
 
 
 def test_summary_json_has_no_nan():
-    clean = checks._jsonable({"a": np.float64("nan"), "b": [float("inf"), np.int64(3)],
-                              0.5: {"c": np.float32(0.25)}})
+    clean = check_report._jsonable({"a": np.float64("nan"),
+                                    "b": [float("inf"), np.int64(3)],
+                                    0.5: {"c": np.float32(0.25)}})
     assert json.loads(json.dumps(clean, allow_nan=False)) == {"a": None, "b": [None, 3],
                                                               "0.5": {"c": 0.25}}

@@ -248,7 +248,7 @@ def _predict(args) -> int:
 
 
 def _check(args) -> int:
-    from .checks import check_prior, check_run
+    from .check_report import check_prior, check_run
 
     if args.samples < 2 or args.train_sample < 2:
         raise UsageError("--samples and --train-sample must be at least 2")
