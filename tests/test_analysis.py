@@ -11,6 +11,7 @@ QUICK_RUNS = {
     "elbo_estimators.py": ["--quick", "--repeats", "5"],
     "benchmark_predictive.py": ["--quick", "--repeats", "1"],
     "benchmark_threads.py": ["--quick", "--repeats", "1"],
+    "benchmark_foldin.py": ["--quick"],
 }
 
 

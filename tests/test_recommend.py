@@ -86,6 +86,7 @@ def test_unknown_ids_are_named(fitted):
 @pytest.mark.parametrize("options, message", [
     ({"strategy": "best"}, "strategy must be one of"), ({"k": 0}, "k must be at least 1"),
     ({"strategy": "upper", "quantile": 1.0}, "quantile must be in"),
+    ({"k": 5, "shortlist": 4}, "shortlist"),
 ])
 def test_bad_options(fitted, options, message):
     with pytest.raises(ValueError, match=message):
@@ -99,6 +100,22 @@ def test_a_folded_in_user_gets_recommendations_without_its_rated_movies(fitted):
     assert not set(top["movie"]) & {"1", "2", "3"}
     assert (np.diff(top["score"]) <= 0).all()
     assert new.recommend(k=4, strategy="upper").equals(top)
+
+
+def test_a_shortlist_scores_only_the_best_plug_in_predictions(fitted):
+    from deepfactor.recommend import _plug_in
+
+    user = _busy_user(fitted)
+    exact = recommend(fitted, user, k=5, seed=4)
+    assert recommend(fitted, user, k=5, seed=4, shortlist=len(fitted.movie_ids)).equals(exact)
+    rated = fitted.movie_ids.raw_of(np.flatnonzero(fitted.encoder_ratings.movie_counts()))
+    pool = [m for m in rated if m not in _seen(fitted, user)]
+    j = fitted.user_ids.index_of([user])[0]
+    index = fitted.movie_ids.index_of(pool)
+    plug_in = _plug_in(fitted.model, fitted.posterior.z_user_loc[j], True,
+                       fitted.posterior.z_movie_loc[index]).numpy()
+    best = {pool[i] for i in np.argsort(-plug_in, kind="stable")[:6]}
+    assert set(recommend(fitted, user, k=5, shortlist=6)["movie"]) <= best
 
 
 # -- the three strategies on a case with a known answer --------------------------------------

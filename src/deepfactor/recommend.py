@@ -93,6 +93,15 @@ def _score(model, one_loc: torch.Tensor, one_scale: torch.Tensor, one_is_user: b
     return _Scored(*(torch.cat([getattr(p, f) for p in parts]) for f in ("mean", "sd", "score")))
 
 
+@torch.no_grad()
+def _plug_in(model, one_loc: torch.Tensor, one_is_user: bool,
+             other_loc: torch.Tensor) -> torch.Tensor:
+    """``E[r | eta]`` with both latents at their posterior means; shape (num_candidates,)."""
+    one = one_loc.expand_as(other_loc)  # (n, D)
+    eta = model.decoder(other_loc, one) if one_is_user else model.decoder(one, other_loc)
+    return model.likelihood.mean(eta)
+
+
 def _top(score: np.ndarray, k: int) -> np.ndarray:
     """Positions of the ``k`` largest scores, best first; ties by position."""
     k = min(k, len(score))
@@ -105,8 +114,8 @@ def _top(score: np.ndarray, k: int) -> np.ndarray:
 def recommend(fitted: FittedModel, user: object | FoldIn, k: int = 10, *,
               exclude_seen: bool = True, strategy: Strategy = "mean", quantile: float = 0.9,
               candidates: Sequence[object] | None = None, exclude: Sequence[object] = (),
-              titles: Mapping[str, str] | None = None, num_samples: int | None = None,
-              seed: int | None = None) -> pd.DataFrame:
+              titles: Mapping[str, str] | None = None, shortlist: int | None = None,
+              num_samples: int | None = None, seed: int | None = None) -> pd.DataFrame:
     """The top-``k`` movies for a user, with the predictive mean and sd of each.
 
     Parameters
@@ -131,6 +140,13 @@ def recommend(fitted: FittedModel, user: object | FoldIn, k: int = 10, *,
         Movies to leave out besides the seen ones.
     titles : mapping of raw id to str, optional
         Movie titles, e.g. from :func:`movie_titles`.
+    shortlist : int, optional
+        Score only this many candidates: those with the highest plug-in prediction
+        ``E[r | eta(z_loc)]``, the decoder at the posterior means (one pass, no draws).
+        Much faster for a large catalogue, but approximate: a movie whose posterior
+        mean is high only through its uncertainty can be missed, which matters most
+        for ``upper`` and ``thompson``. ``analysis/benchmark_foldin.py`` measures how
+        often the top-10 changes. None (default): every candidate is scored.
     num_samples, seed : int, optional
         Posterior draws and their seed (defaults: the run's configuration).
 
@@ -147,7 +163,7 @@ def recommend(fitted: FittedModel, user: object | FoldIn, k: int = 10, *,
     KeyError
         Naming an unknown user, or unknown ids in ``candidates`` or ``exclude``.
     ValueError
-        For a bad ``k``, ``strategy`` or ``quantile``.
+        For a bad ``k``, ``strategy``, ``quantile`` or ``shortlist``.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
@@ -155,6 +171,8 @@ def recommend(fitted: FittedModel, user: object | FoldIn, k: int = 10, *,
         raise ValueError(f"quantile must be in (0, 1), got {quantile!r}")
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
+    if shortlist is not None and shortlist < k:
+        raise ValueError(f"shortlist ({shortlist}) must be at least k ({k})")
     one_loc, one_scale, one_is_user, seen = _the_one(fitted, user)
     other = "movie" if one_is_user else "user"
     others = fitted.movie_ids if one_is_user else fitted.user_ids
@@ -173,6 +191,9 @@ def recommend(fitted: FittedModel, user: object | FoldIn, k: int = 10, *,
         keep[seen] = False
     keep[others.index_of(exclude, what=f"{other} id")] = False
     pool = np.flatnonzero(keep)  # (num_candidates,)
+    if shortlist is not None and shortlist < len(pool):
+        plug_in = _plug_in(fitted.model, one_loc, one_is_user, other_loc[pool])
+        pool = pool[_top(plug_in.numpy().astype(np.float64), shortlist)]
 
     config = fitted.config
     scored = _score(fitted.model, one_loc, one_scale, one_is_user, other_loc[pool],
@@ -384,8 +405,8 @@ def movie_titles(fitted: FittedModel, data_dir: str | os.PathLike | None = None
     """Movie titles from the dataset's ``u.item`` (Latin-1), or {} when it is not found.
 
     The folder is looked for as for fitting (``data_dir``, the run's ``data.path``,
-    ``$DEEPFACTOR_DATA``, the cache), never downloaded; without it, or for the
-    synthetic dataset, a note is logged and there are no titles.
+    ``$DEEPFACTOR_DATA``, the cache), never downloaded. Without it a warning is
+    logged, for the synthetic dataset an info note, and there are no titles.
     """
     from .data.datasets import DatasetNotFoundError, resolve_dataset
     from .data.readers import DataFormatError, read_movie_titles
@@ -399,5 +420,5 @@ def movie_titles(fitted: FittedModel, data_dir: str | os.PathLike | None = None
                                  download=False)
         return read_movie_titles(folder / "u.item")
     except (DatasetNotFoundError, DataFormatError, OSError) as err:
-        log.info("no movie titles (%s)", err)
+        log.warning("no movie titles: %s", err)
         return {}
