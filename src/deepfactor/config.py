@@ -65,6 +65,17 @@ KEYS: dict[str, Key] = {
     "data.validation_fraction": _key(0.05, float,
                                      "share of each user's training ratings carved out "
                                      "for early stopping", _fraction),
+    "data.duplicates": _key("error", str, "a (user, movie) pair repeated in a file: "
+                            "'error' (listing the lines) or 'latest' (keep the rating "
+                            "with the largest timestamp)", _choice("error", "latest")),
+    "data.rating_scale": _key([], list, "[min, max] every file rating must lie in "
+                              "([] = no check; not applied to synthetic data)",
+                              (lambda v: not v or (
+                                  len(v) == 2 and all(
+                                      isinstance(x, int | float)
+                                      and not isinstance(x, bool) for x in v)
+                                  and v[0] < v[1]),
+                               "[] or [min, max] with numbers min < max")),
     "data.synthetic_movies": _key(1682, int, "synthetic: number of movies", _pos),
     "data.synthetic_users": _key(943, int, "synthetic: number of users", _pos),
     "data.synthetic_ratings": _key(100_000, int, "synthetic: number of ratings", _pos),

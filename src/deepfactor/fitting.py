@@ -30,7 +30,7 @@ from .batching import EncoderInputs, RatingBatcher
 from .config import Config
 from .data.datasets import resolve_dataset
 from .data.ratings import Ratings
-from .data.readers import read_ratings_file
+from .data.readers import DataFormatError, read_ratings_file
 from .data.splits import carve_validation, load_split
 from .fitted import FittedModel, build_modules
 from .metrics import METRIC_KEYS, rating_metrics
@@ -81,11 +81,12 @@ def load_data(config: Config, data_dir: str | os.PathLike | None = None) -> Spli
         return SplitData(train, test, "random", truth)
 
     folder = resolve_dataset(name, data_dir or config["data.path"] or None)
+    duplicates = config["data.duplicates"]
     if split == "random":
-        ratings = read_ratings_file(folder / "u.data")
+        ratings = read_ratings_file(folder / "u.data", duplicates=duplicates)
         train, test = random_split(ratings, config["data.test_fraction"], seed)
         return SplitData(train, test, split)
-    loaded = load_split(folder, split)
+    loaded = load_split(folder, split, duplicates=duplicates)
     return SplitData(loaded.train, loaded.test, split)
 
 
@@ -130,7 +131,7 @@ def fit(config: Config, *, data: SplitData | None = None,
     likelihood = model.likelihood
 
     # Targets, the validation carve and every statistic come from training ratings only.
-    train = _with_targets(data.train, likelihood)
+    train = _with_targets(data.train, likelihood, config)
     fit_part, val_part = carve_validation(train, config["data.validation_fraction"],
                                           config["train.seed"])
     center, spread = float(np.mean(fit_part.rating)), float(np.std(fit_part.rating)) or 1.0
@@ -192,9 +193,28 @@ def read_training_checkpoint(path: str | os.PathLike) -> tuple[Config, dict]:
     return Config.from_dict(state["config"], source=str(path)), state["trainer"]
 
 
-def _with_targets(ratings: Ratings, likelihood) -> Ratings:
-    """``ratings`` with values replaced by the likelihood's (checked) targets."""
-    targets = likelihood.prepare(ratings.rating, source=ratings.source, lines=ratings.line)
+def _with_targets(ratings: Ratings, likelihood, config: Config | None = None) -> Ratings:
+    """``ratings`` with values replaced by the likelihood's (checked) targets.
+
+    With ``config``, file ratings must also lie in its ``data.rating_scale`` (synthetic
+    data is not checked). A bad value is a :class:`DataFormatError` naming file:line.
+    """
+    scale = config["data.rating_scale"] if config is not None else []
+    if scale and config["data.dataset"] != "synthetic":
+        outside = np.flatnonzero((ratings.rating < scale[0]) | (ratings.rating > scale[1]))
+        if outside.size:
+            k = outside[0]
+            where = (f"{ratings.source}:{ratings.line[k]}" if ratings.line is not None
+                     else f"{ratings.source}, row {k}")
+            raise DataFormatError(
+                f"{where}: rating {ratings.rating[k]:g} is outside the declared scale "
+                f"[{scale[0]:g}, {scale[1]:g}] ({outside.size} such ratings; see "
+                "data.rating_scale)")
+    try:
+        targets = likelihood.prepare(ratings.rating, source=ratings.source,
+                                     lines=ratings.line)
+    except ValueError as err:  # a value the family cannot take: bad input, not a bug
+        raise DataFormatError(str(err)) from None
     return Ratings(ratings.movie, ratings.user, targets, ratings.movie_ids, ratings.user_ids,
                    ratings.source, ratings.line)
 
@@ -218,7 +238,7 @@ def evaluate(fitted: FittedModel, test: Ratings) -> dict:
         The ``metrics.json`` layout documented in the README.
     """
     name = fitted.likelihood
-    test = _with_targets(fitted.reindex(test), fitted.model.likelihood)
+    test = _with_targets(fitted.reindex(test), fitted.model.likelihood, fitted.config)
     out = fitted.summaries(test.movie, test.user, target=test.rating)
     train = fitted.encoder_ratings
     cold = (train.movie_counts()[test.movie] == 0) | (train.user_counts()[test.user] == 0)
