@@ -84,6 +84,36 @@ def test_blank_lines_are_skipped_and_lines_still_counted(tmp_path):
     np.testing.assert_array_equal(ratings.line, [2, 6])
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        "user\tmovie\trating\ttimestamp",
+        "userId\tmovieId\tRating\ttimestamp",
+        "a\tb\t rating \t",
+    ],
+)
+def test_a_header_line_is_skipped(tmp_path, header):
+    text = f"\ufeff\n{header}\r\n1\t1\t4\t0\r\n2\t1\t3\t0\r\n"
+    ratings = read_ratings_file(write(tmp_path / "r.tsv", text))
+    np.testing.assert_array_equal(ratings.rating, [4.0, 3.0])
+    np.testing.assert_array_equal(ratings.line, [3, 4])
+    assert ratings.user_ids.raw == ["1", "2"]
+
+
+def test_only_a_header_is_a_file_without_ratings(tmp_path):
+    path = write(tmp_path / "r.csv", "userId,movieId,rating,timestamp\n")
+    with pytest.raises(DataFormatError, match=re.escape(f"{path}: no ratings")):
+        read_ratings_file(path, sep=",")
+
+
+def test_a_header_like_line_later_in_the_file_is_an_error(tmp_path):
+    text = "1\t1\t4\t0\nuser\tmovie\trating\ttimestamp\n"
+    path = write(tmp_path / "r.tsv", text)
+    expected = error_at(path, 2, "rating 'rating' is not a number")
+    with pytest.raises(DataFormatError, match=expected):
+        read_ratings_file(path)
+
+
 def test_other_separator_and_column_order(tmp_path):
     path = write(tmp_path / "r.dat", "m1::4.5::u1\nm2::2::u1\n")
     ratings = read_ratings_file(path, sep="::", columns=("movie", "rating", "user"))

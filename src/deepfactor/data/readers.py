@@ -7,9 +7,10 @@ line can be found with an editor.
 A rating file holds one rating per line, fields split by ``sep``. Which field is
 which is given by ``columns``; the fields named ``"user"``, ``"movie"`` and
 ``"rating"`` are read, a ``"timestamp"`` field is read (as integers) only to keep
-the latest of duplicate ratings, and any other field is only counted. Windows line
-endings, a UTF-8 byte-order mark, a missing final newline and blank lines are
-accepted.
+the latest of duplicate ratings, and any other field is only counted. A first line
+whose rating field is the word ``rating`` (any case) is a header and is skipped, so
+``userId,movieId,rating,timestamp`` files read as they are. Windows line endings, a
+UTF-8 byte-order mark, a missing final newline and blank lines are accepted.
 
 Notes
 -----
@@ -156,6 +157,14 @@ def _is_number(token: str) -> bool:
     return True
 
 
+def _is_header(line: str, sep: str, rating_position: int) -> bool:
+    """Whether ``line`` names the columns: its rating field is the word ``rating``."""
+    fields = line.split(sep)
+    if len(fields) <= rating_position:
+        return False
+    return fields[rating_position].strip().lower() in ("rating", "ratings")
+
+
 def _column_positions(columns: Sequence[str]) -> dict[str, int]:
     """Position of the ``user``, ``movie`` and ``rating`` fields in ``columns``."""
     positions = {}
@@ -300,7 +309,8 @@ def read_ratings_file(
     Returns
     -------
     Ratings
-        ``num_ratings`` = the number of non-blank lines (less dropped duplicates).
+        ``num_ratings`` = the number of non-blank lines, less a header line and
+        dropped duplicates.
         Raw ids are the exact tokens of the file, stripped of surrounding
         whitespace, so ``"007"`` and ``"7"`` are different ids. ``rating`` is
         float64 and ``line`` holds each rating's 1-based line in the file.
@@ -337,6 +347,8 @@ def read_ratings_file(
     path, source = Path(path), str(path)
 
     lines, numbers = _content_lines(_read_text(path, encoding))
+    if lines and _is_header(lines[0], sep, positions["rating"]):
+        lines, numbers = lines[1:], numbers[1:]
     if not lines:
         raise DataFormatError(f"{source}: no ratings (the file is empty or blank)")
     tokens = _split_fields(lines, numbers, sep, len(columns), source)
