@@ -235,3 +235,101 @@ def test_no_titles_is_a_logged_note(fitted, tmp_path, caplog):
         assert movie_titles(SimpleNamespace(config=config)) == {}
     assert "no movie titles" in caplog.text
     assert movie_titles(fitted) == {}  # synthetic data has none
+
+
+# -- the command line ------------------------------------------------------------------------
+
+SMALL = ["--set", "data.dataset=synthetic", "--set", "data.split=random",
+         "--set", "data.synthetic_movies=40", "--set", "data.synthetic_users=30",
+         "--set", "data.synthetic_ratings=600", "--set", "model.latent_dim=3",
+         "--set", "train.epochs=2", "--set", "train.batch_size=200",
+         "--set", "train.kl_warmup_epochs=0", "--set", "eval.num_samples=10"]
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "deepfactor", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from conftest import REPO
+
+    out = tmp_path_factory.mktemp("run")
+    done = _cli("fit", REPO / "models" / "gaussian.toml", "--out", out, "--quiet", *SMALL)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def _rows(stdout: str) -> list[list[str]]:
+    return [line.split() for line in stdout.strip().splitlines()[2:]]
+
+
+def test_cli_recommends_for_a_user_of_the_run(run_dir, tmp_path):
+    done = _cli("recommend", run_dir, "--user", "3", "-k", "4", "--out", tmp_path / "top.csv")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("top 4 for user 3") and lines[1].split() == ["rank", "movie",
+                                                                            "mean", "sd"]
+    assert [r[0] for r in _rows(done.stdout)] == ["1", "2", "3", "4"]
+    import pandas as pd
+
+    frame = pd.read_csv(tmp_path / "top.csv", dtype={"movie": str})
+    assert list(frame["movie"]) == [r[1] for r in _rows(done.stdout)]
+
+
+def test_cli_folds_in_a_ratings_file_and_warns_of_unknown_movies(run_dir, tmp_path):
+    mine = tmp_path / "mine.tsv"
+    mine.write_text("movie\trating\n1\t5\n2\t4\nzzz\t3\n")
+    done = _cli("recommend", run_dir, "--ratings", mine, "-k", "3", "--strategy", "upper")
+    assert done.returncode == 0, done.stderr
+    assert "ignored 1 unknown movie id: 'zzz'" in done.stderr
+    assert "2 ratings read" in done.stdout and "score" in done.stdout.splitlines()[1]
+    assert not {"1", "2"} & {r[1] for r in _rows(done.stdout)}
+
+    strict = _cli("recommend", run_dir, "--ratings", mine, "--strict")
+    assert strict.returncode == 2 and "Traceback" not in strict.stderr
+    assert strict.stderr.strip() == "deepfactor: error: unknown movie id: 'zzz'"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--user", "99999"], "unknown user id: '99999'"),
+    (["--user", "3", "-k", "0"], "-k must be at least 1"),
+    (["--ratings", "/nonexistent/mine.tsv"], "no such file"),
+])
+def test_cli_recommend_errors_are_one_line(run_dir, args, message):
+    done = _cli("recommend", run_dir, *args)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+
+
+def test_cli_evaluate_adds_the_ranking_metrics(run_dir):
+    import json
+
+    done = _cli("evaluate", run_dir, "--ranking")
+    assert done.returncode == 0, done.stderr
+    assert "ndcg@10" in done.stdout and "relevant = test rating >= 4" in done.stdout
+    saved = json.loads((run_dir / "evaluation-random.json").read_text())
+    assert {"precision_at_k", "recall_at_k", "ndcg_at_k", "map"} <= set(saved["ranking"])
+    assert saved["ranking"]["k"] == 10 and "rmse" in saved["test"]
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_cli_recommends_movielens_titles(ml100k_dir, tmp_path):
+    from conftest import REPO
+
+    out = tmp_path / "run"
+    fitted = _cli("fit", REPO / "models" / "gaussian.toml", "--out", out, "--quiet",
+                  "--data", ml100k_dir, "--set", "train.epochs=1", "--set",
+                  "train.kl_warmup_epochs=0", "--set", "eval.num_samples=10")
+    assert fitted.returncode == 0, fitted.stderr
+    done = _cli("recommend", out, "--user", "196", "-k", "5", "--data", ml100k_dir)
+    assert done.returncode == 0, done.stderr
+    header = done.stdout.splitlines()[1].split()
+    assert header[:3] == ["rank", "movie", "title"]
+    assert all(len(line.split()) > 4 for line in done.stdout.splitlines()[2:])  # titled

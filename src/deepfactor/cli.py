@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("run", help="run directory written by fit")
     ev.add_argument("--split", help="score this split's test file (default: the run's)")
     ev.add_argument("--data", help="folder with the dataset's files")
+    ev.add_argument("--ranking", action="store_true",
+                    help="also Precision@10, Recall@10, nDCG@10 and MAP (relevant: rating >= 4)")
 
     pr = sub.add_parser("predict", help="posterior predictive summaries for (user, movie) pairs")
     pr.add_argument("run", help="run directory written by fit")
@@ -73,6 +75,28 @@ def _parser() -> argparse.ArgumentParser:
     ck.add_argument("--data", help="folder with the dataset's files (overrides data.path)")
     ck.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="with --prior: override one configuration key")
+
+    rc = sub.add_parser("recommend", help="top-k movies for a user, or for a new user from "
+                                          "a ratings file (fold-in, no retraining)")
+    rc.add_argument("run", help="run directory written by fit")
+    who = rc.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="raw id of a user of the run, e.g. 196")
+    who.add_argument("--ratings", help="a new user's ratings: movie id and rating per line")
+    rc.add_argument("-k", type=int, default=10, help="how many movies (default 10)")
+    rc.add_argument("--strategy", choices=("mean", "upper", "thompson"), default="mean",
+                    help="rank by posterior mean, an upper quantile, or one posterior draw")
+    rc.add_argument("--quantile", type=float, default=0.9,
+                    help="for --strategy upper (default 0.9)")
+    rc.add_argument("--include-seen", action="store_true",
+                    help="also rank the movies the user has rated")
+    rc.add_argument("--strict", action="store_true",
+                    help="unknown movie ids in --ratings are an error (default: a warning)")
+    rc.add_argument("--shortlist", type=int,
+                    help="score only this many movies, chosen by plug-in prediction (faster)")
+    rc.add_argument("--samples", type=int, help="posterior draws (default: eval.num_samples)")
+    rc.add_argument("--seed", type=int, help="seed of the draws (default: the run's)")
+    rc.add_argument("--data", help="folder with the dataset's files, for titles")
+    rc.add_argument("--out", help="also write the table as CSV")
     return parser
 
 
@@ -96,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="deepfactor: %(message)s")
     try:
         return {"fit": _fit, "evaluate": _evaluate, "predict": _predict,
-                "check": _check}[args.command](args)
+                "check": _check, "recommend": _recommend}[args.command](args)
     except _user_errors() as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"deepfactor: error: {message}", file=sys.stderr)
@@ -215,9 +239,15 @@ def _evaluate(args) -> int:
         log.warning("the model was fitted on split %s; its decoder saw ratings that may "
                     "be in %s.test, so these scores can be optimistic", fitted_split, split)
     metrics = evaluate(fitted, data.test)
+    if args.ranking:
+        from .ranking import evaluate_ranking
+
+        metrics["ranking"] = evaluate_ranking(fitted, data.test)
     path = Path(args.run) / f"evaluation-{split}.json"
     write_json(path, metrics)
     print(_summary(metrics, f"{split} test"))
+    if args.ranking:
+        print(_ranking_summary(metrics["ranking"]))
     print(f"written to {path}")
     return 0
 
@@ -269,6 +299,83 @@ def _check(args) -> int:
         print("held-out coverage: " + ", ".join(f"{k}% -> {v:.1%}" for k, v in coverage.items()))
     print(f"report written to {Path(out) / 'report.md'}")
     return 0
+
+
+# -- recommend --------------------------------------------------------------------------
+
+
+def _recommend(args) -> int:
+    import warnings
+
+    from .checkpoint import write_text
+    from .fitted import load
+    from .foldin import FoldInWarning, fold_in, read_fold_in_ratings
+    from .recommend import movie_titles, recommend
+
+    if args.k < 1 or not 0 < args.quantile < 1 or (args.shortlist or args.k) < args.k:
+        raise UsageError("-k must be at least 1, --quantile in (0, 1) and --shortlist at "
+                         "least k")
+    fitted = load(args.run)
+    if args.ratings:
+        ratings = read_fold_in_ratings(args.ratings)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FoldInWarning)
+            try:
+                who = fold_in(fitted, ratings, name=Path(args.ratings).name,
+                              unknown="error" if args.strict else "warn")
+            except ValueError as err:  # a value the likelihood does not accept
+                raise UsageError(f"{args.ratings}: {err}") from None
+        for warning in caught:
+            print(f"deepfactor: warning: {warning.message}", file=sys.stderr)
+        label = f"a new user from {args.ratings} ({len(who.rated)} ratings read)"
+    else:
+        who, label = args.user, f"user {args.user}"
+    frame = recommend(fitted, who, args.k, exclude_seen=not args.include_seen,
+                      strategy=args.strategy, quantile=args.quantile,
+                      titles=movie_titles(fitted, args.data), shortlist=args.shortlist,
+                      num_samples=args.samples, seed=args.seed)
+    print(f"top {len(frame)} for {label}, by {args.strategy}"
+          f"{f' (quantile {args.quantile})' if args.strategy == 'upper' else ''}:")
+    print(_table(frame))
+    if args.out:
+        write_text(args.out, frame.to_csv(index=False))
+        log.info("wrote %d recommendations to %s", len(frame), args.out)
+    return 0
+
+
+def _table(frame) -> str:
+    """Rank, id, title (cut to 48 characters; none without titles), mean, sd, score."""
+    titles = [t if isinstance(t, str) else "" for t in frame["title"]]
+    titles = [t if len(t) <= 48 else t[:47] + "~" for t in titles]
+    title_width = max(len(t) for t in ["title", *titles]) if any(titles) else 0
+    what = frame.columns[1]
+    width = max([len(what), *(len(str(i)) for i in frame[what])])
+    scored = "score" in frame
+
+    def line(rank, entity, title, *numbers) -> str:
+        text = f"{rank:>4}  {entity:<{width}}"
+        text += f"  {title:<{title_width}}" if title_width else ""
+        return text + "".join(f"{n:>8}" for n in numbers)
+
+    lines = [line("rank", what, "title", "mean", "sd", *(["score"] if scored else []))]
+    for row, title in zip(frame.to_dict("records"), titles):
+        numbers = [row["mean"], row["sd"], *([row["score"]] if scored else [])]
+        lines.append(line(row["rank"], row[what], title, *(f"{n:.3f}" for n in numbers)))
+    return "\n".join(lines)
+
+
+def _ranking_summary(ranking: dict) -> str:
+    """One line per ranking metric, after the rating metrics."""
+    k = ranking["k"]
+    relevant = ("every test item" if ranking["threshold"] is None
+                else f"test rating >= {ranking['threshold']:g}")
+    lines = [f"ranking: top {k} of the movies each user did not rate in training, "
+             f"{ranking['num_users']} users; relevant = {relevant}"]
+    for key, name in (("precision_at_k", f"precision@{k}"), ("recall_at_k", f"recall@{k}"),
+                      ("ndcg_at_k", f"ndcg@{k}"), ("map", "map")):
+        value = ranking[key]
+        lines.append(f"{name:<12}{'-' if value is None else f'{value:.4f}':>10}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover
