@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -251,14 +252,16 @@ def test_a_huge_learning_rate_stops_naming_the_step_and_site(tmp_path, capsys):
         fit(small_config(**{"train.lr": DIVERGING_LR}), progress=False)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="sigma reaches ~1.5e38 with finite loss and parameters, and "
-                          "_normal_mixture_quantile's bracket (10 * sigma) overflows to "
-                          "inf during validation: torch's support check raises instead "
-                          "of TrainingDiverged (likelihoods.py / train.py, not fixed here)")
-def test_a_learning_rate_of_30_stops_with_training_diverged():
-    with pytest.raises(TrainingDiverged):
-        fit(small_config(**{"train.lr": 30.0}), progress=False)
+def test_a_learning_rate_of_30_never_crashes_in_validation():
+    # At lr 25-50 sigma used to reach ~1.5e38 with a finite loss and parameters, and the
+    # predictive quantile's bracket overflowed inside validation (a bare torch error).
+    # Now the fit either ends with finite metrics or stops with TrainingDiverged.
+    try:
+        fitted = fit(small_config(**{"train.lr": 30.0}), progress=False)
+    except TrainingDiverged as err:
+        assert "step" in str(err)
+    else:
+        assert math.isfinite(fitted.metrics["test"]["lpd"])
 
 
 # ---------------------------------------------------------------- reproducibility

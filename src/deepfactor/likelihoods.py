@@ -132,17 +132,18 @@ def _normal_mixture_quantile(loc: torch.Tensor, scale: torch.Tensor, q: float) -
     """Quantile ``q`` of the equal-weight mixture of Normal(loc[s], scale); shape (N,).
 
     Bisection on the mixture CDF, which is monotone; 50 halvings of a bracket a few
-    tens of sds wide reach float precision.
+    tens of sds wide reach float precision. It runs in float64, so that a bracket of a
+    huge but finite float32 ``scale`` (a diverging fit) does not overflow to inf.
     """
-    normal = torch.distributions.Normal(0.0, 1.0)
+    loc, scale = loc.double(), scale.double()
     lo = loc.min(0).values - 10 * scale
     hi = loc.max(0).values + 10 * scale
     for _ in range(50):
         mid = (lo + hi) / 2
-        below = normal.cdf((mid - loc) / scale).mean(0) < q
+        below = torch.special.ndtr((mid - loc) / scale).mean(0) < q
         lo = torch.where(below, mid, lo)
         hi = torch.where(below, hi, mid)
-    return (lo + hi) / 2
+    return ((lo + hi) / 2).to(torch.get_default_dtype())
 
 
 class PoissonLikelihood(Likelihood):

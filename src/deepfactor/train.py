@@ -193,7 +193,8 @@ class SVITrainer:
         Raises
         ------
         TrainingDiverged
-            At the first step whose loss, or any parameter or gradient, is not finite.
+            At the first step whose loss, or any parameter or gradient, is not finite,
+            or after an epoch whose validation scores are not.
         TrainingInterrupted
             When SIGINT or SIGTERM arrived; a checkpoint was written first.
         """
@@ -244,6 +245,10 @@ class SVITrainer:
         self.loss_fn.eval()
         scores = self.validate()
         self.loss_fn.train()
+        bad = [k for k, v in scores.items() if not math.isfinite(v)]
+        if bad:  # finite loss and parameters, but the predictive overflowed
+            raise TrainingDiverged(f"the validation {bad[0]} is {scores[bad[0]]} after epoch "
+                                   f"{self.epoch} (step {self.step}); try a smaller train.lr")
         row = {"epoch": self.epoch, "kl_weight": beta, "lr": self.schedule.get_last_lr()[0],
                "loss": float(np.mean(losses)),
                "loss_per_rating": float(np.mean(losses)) / len(self.batcher.ratings),
