@@ -96,7 +96,7 @@ KEYS: dict[str, Key] = {
                                  (lambda v: len(v) > 0 and _positive_ints(v),
                                   "a non-empty list of positive integers")),
     # train
-    "train.elbo": _key("meanfield", str, "'trace' (Trace_ELBO) or 'meanfield' "
+    "train.elbo": _key("trace", str, "'trace' (Trace_ELBO) or 'meanfield' "
                        "(TraceMeanField_ELBO, analytic KL)", _choice("trace", "meanfield")),
     "train.lr": _key(0.01, float, "Adam learning rate at the first epoch", _pos),
     "train.lr_final": _key(0.0, float, "learning rate reached at the last epoch, decaying "
