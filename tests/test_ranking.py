@@ -37,6 +37,7 @@ def test_two_users_by_hand():
     # average precision: precision at each hit, over |R| (map) or min(k, |R|) (map_at_k)
     assert m["map"] == pytest.approx(((1 / 2) / 2 + (1 + 2 / 3) / 5) / 2)
     assert m["map_at_k"] == pytest.approx(((1 / 2) / 2 + (1 + 2 / 3) / 3) / 2)
+    assert all(type(m[key]) is float for key in RANKING_KEYS)  # plain floats, for JSON
 
 
 def test_only_the_first_k_count_and_a_perfect_list_scores_one():

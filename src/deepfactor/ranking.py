@@ -92,7 +92,7 @@ def ranking_metrics(recommended: Mapping[object, Sequence[object]],
         totals["map"] += precision_at[hit].sum() / len(truth)
         totals["map_at_k"] += precision_at[hit].sum() / min(k, len(truth))
     out: dict = {"k": k, "num_users": num_users}
-    out.update({key: (value / num_users if num_users else None)
+    out.update({key: (float(value) / num_users if num_users else None)
                 for key, value in totals.items()})
     return out
 
