@@ -154,7 +154,7 @@ def recommend(fitted: FittedModel, user: object | FoldIn, k: int = 10, *,
     -------
     DataFrame
         ``min(k, num_candidates)`` rows, best first: ``rank`` (1..k), ``movie`` (raw
-        id; ``user`` for a folded-in movie), ``title`` (None where unknown), ``mean``,
+        id; ``user`` for a folded-in movie), ``title`` (missing where unknown), ``mean``,
         ``sd`` (posterior predictive; for Bernoulli the probability of a like and its
         Bernoulli sd) and, unless ``strategy="mean"``, ``score``.
 
@@ -180,17 +180,7 @@ def recommend(fitted: FittedModel, user: object | FoldIn, k: int = 10, *,
     other_loc, other_scale = ((post.z_movie_loc, post.z_movie_scale) if one_is_user
                               else (post.z_user_loc, post.z_user_scale))
 
-    # Candidates: rated by someone, minus the seen and the excluded.
-    if candidates is None:
-        rows = fitted.inputs.by_movie if one_is_user else fitted.inputs.by_user
-        keep = rows.counts > 0
-    else:
-        keep = np.zeros(len(others), dtype=bool)
-        keep[others.index_of(candidates, what=f"{other} id")] = True
-    if exclude_seen:
-        keep[seen] = False
-    keep[others.index_of(exclude, what=f"{other} id")] = False
-    pool = np.flatnonzero(keep)  # (num_candidates,)
+    pool = _pool(fitted, one_is_user, seen if exclude_seen else (), candidates, exclude)
     if shortlist is not None and shortlist < len(pool):
         plug_in = _plug_in(fitted.model, one_loc, one_is_user, other_loc[pool])
         pool = pool[_top(plug_in.numpy().astype(np.float64), shortlist)]
@@ -210,6 +200,21 @@ def recommend(fitted: FittedModel, user: object | FoldIn, k: int = 10, *,
     if strategy != "mean":
         frame["score"] = score[best]
     return frame
+
+
+def _pool(fitted: FittedModel, one_is_user: bool, seen, candidates, exclude) -> np.ndarray:
+    """Indices of the candidates: rated by someone (or given), less seen and excluded."""
+    other = "movie" if one_is_user else "user"
+    others = fitted.movie_ids if one_is_user else fitted.user_ids
+    if candidates is None:
+        rows = fitted.inputs.by_movie if one_is_user else fitted.inputs.by_user
+        keep = rows.counts > 0  # (num_others,)
+    else:
+        keep = np.zeros(len(others), dtype=bool)
+        keep[others.index_of(candidates, what=f"{other} id")] = True
+    keep[np.asarray(seen, dtype=np.int64)] = False
+    keep[others.index_of(exclude, what=f"{other} id")] = False
+    return np.flatnonzero(keep)  # (num_candidates,)
 
 
 def _the_one(fitted: FittedModel, user: object | FoldIn):
