@@ -81,7 +81,7 @@ def test_a_new_movie_predicts_and_recommends_users(fitted):
     frame = new.predict(["4", 5])
     assert list(frame["user"]) == ["4", "5"] and set(frame["movie"]) == {"Brand New"}
     top = new.recommend(k=3)
-    assert list(top.columns[:2]) == ["rank", "user"] and len(top) == 3
+    assert list(top.columns) == ["rank", "user", "mean", "sd"] and len(top) == 3
     assert not set(top["user"]) & {"1", "2", "3"}  # its raters are seen
 
 

@@ -154,9 +154,10 @@ def recommend(fitted: FittedModel, user: object | FoldIn, k: int = 10, *,
     -------
     DataFrame
         ``min(k, num_candidates)`` rows, best first: ``rank`` (1..k), ``movie`` (raw
-        id; ``user`` for a folded-in movie), ``title`` (missing where unknown), ``mean``,
-        ``sd`` (posterior predictive; for Bernoulli the probability of a like and its
-        Bernoulli sd) and, unless ``strategy="mean"``, ``score``.
+        id; ``user`` for a folded-in movie), ``title`` (movies only; missing where
+        unknown), ``mean``, ``sd`` (posterior predictive; for Bernoulli the
+        probability of a like and its Bernoulli sd) and, unless ``strategy="mean"``,
+        ``score``.
 
     Raises
     ------
@@ -193,10 +194,11 @@ def recommend(fitted: FittedModel, user: object | FoldIn, k: int = 10, *,
     score = scored.score.numpy().astype(np.float64)
     best = _top(score, k)
     ids = others.raw_of(pool[best])
-    frame = pd.DataFrame({"rank": np.arange(1, len(best) + 1), other: list(ids),
-                          "title": [(titles or {}).get(i) for i in ids],
-                          "mean": scored.mean.numpy()[best].astype(np.float64),
-                          "sd": scored.sd.numpy()[best].astype(np.float64)})
+    frame = pd.DataFrame({"rank": np.arange(1, len(best) + 1), other: list(ids)})
+    if one_is_user:
+        frame["title"] = [(titles or {}).get(i) for i in ids]
+    frame["mean"] = scored.mean.numpy()[best].astype(np.float64)
+    frame["sd"] = scored.sd.numpy()[best].astype(np.float64)
     if strategy != "mean":
         frame["score"] = score[best]
     return frame
