@@ -333,3 +333,19 @@ def test_cli_recommends_movielens_titles(ml100k_dir, tmp_path):
     header = done.stdout.splitlines()[1].split()
     assert header[:3] == ["rank", "movie", "title"]
     assert all(len(line.split()) > 4 for line in done.stdout.splitlines()[2:])  # titled
+
+
+def test_the_fitted_object_offers_fold_in_recommend_and_complete():
+    import pandas as pd
+
+    from deepfactor.recommend import complete, recommend
+
+    from conftest import small_config
+
+    fitted = fit(small_config(), progress=False)
+    user = fitted.user_ids.raw[0]
+    pd.testing.assert_frame_equal(fitted.recommend(user, 3), recommend(fitted, user, 3))
+    new = fitted.fold_in({fitted.movie_ids.raw[0]: 4.0, fitted.movie_ids.raw[1]: 2.0})
+    assert len(fitted.recommend(new, 2)) == 2
+    a, b = fitted.complete(users=[user]), complete(fitted, users=[user])
+    np.testing.assert_array_equal(a.mean, b.mean)

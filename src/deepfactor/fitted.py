@@ -132,6 +132,24 @@ class FittedModel:
             frame[key] = value
         return frame
 
+    def fold_in(self, ratings, **options):
+        """A new user's (or movie's) posterior from its ratings; see :func:`deepfactor.foldin.fold_in`."""
+        from .foldin import fold_in
+
+        return fold_in(self, ratings, **options)
+
+    def recommend(self, user, k: int = 10, **options) -> pd.DataFrame:
+        """Top-``k`` movies for a user or a fold-in; see :func:`deepfactor.recommend.recommend`."""
+        from .recommend import recommend
+
+        return recommend(self, user, k, **options)
+
+    def complete(self, users=None, movies=None, **options):
+        """Completed mean and sd matrices in chunks; see :func:`deepfactor.recommend.complete`."""
+        from .recommend import complete
+
+        return complete(self, users, movies, **options)
+
     def reindex(self, ratings: Ratings) -> Ratings:
         """``ratings`` expressed against this model's id maps (all ids must be known)."""
         if ratings.movie_ids == self.movie_ids and ratings.user_ids == self.user_ids:
