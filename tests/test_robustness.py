@@ -103,8 +103,8 @@ BROKEN_BASE = {
     "non-numeric rating": (rating("4 stars"), {}, "rating '4 stars' is not a number"),
     "empty rating": (rating(""), {}, "rating '' is not a number"),
     "too few fields": (lambda row: row[:3], {}, "expected 4 tab-separated fields, found 3"),
-    "trailing separator": (lambda row: [*row, ""], {},
-                           "expected 4 tab-separated fields, found 5"),
+    "two trailing separators": (lambda row: [*row, "", ""], {},
+                                "expected 4 tab-separated fields, found 6"),
     "above the scale": (rating("7"), {"data.rating_scale": [1, 5]},
                         "rating 7 is outside the declared scale [1, 5]"),
     "below the scale": (rating("0.5"), {"data.rating_scale": [1, 5]},
@@ -353,3 +353,12 @@ def test_predict_with_a_newer_checkpoint_is_one_line_exit_2(saved_run, tmp_path)
         f"deepfactor: error: {run / 'model.pt'}: written by a newer deepfactor (format "
         f"{FORMAT_VERSION + 1}, this one reads up to {FORMAT_VERSION})"]
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_one_trailing_separator_per_line_is_accepted(tmp_path):
+    from deepfactor.data.readers import read_ratings_file
+
+    path = tmp_path / "trailing.tsv"
+    path.write_text("1\t10\t4\t5\t\n2\t10\t3\t6\n")
+    ratings = read_ratings_file(path)
+    assert list(ratings.rating) == [4.0, 3.0] and list(ratings.line) == [1, 2]

@@ -99,6 +99,10 @@ def _split_fields(
     DataFormatError
         At the first line with another number of fields.
     """
+    # One trailing separator ("1<TAB>2<TAB>5<TAB>0<TAB>", as spreadsheets write) ends the
+    # line rather than opening an empty field.
+    lines = [s[: -len(sep)] if s.endswith(sep) and s.count(sep) == num_fields else s
+             for s in lines]
     found = np.fromiter((s.count(sep) for s in lines), dtype=np.int64, count=len(lines))
     bad = np.flatnonzero(found != num_fields - 1)
     if len(bad):
