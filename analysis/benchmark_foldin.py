@@ -199,7 +199,8 @@ def report(args, r: dict) -> None:
               f"{rm['fold_in'] / rm[name]:>7.3f}x")
 
     ms = r["ms"]
-    print(f"\n{'time per new user (median, ms)':<36}{'fold_in':>10}{'per-user SVI':>14}{'ratio':>8}")
+    header = f"{'time per new user (median, ms)':<36}{'fold_in':>10}{'per-user SVI':>14}"
+    print(f"\n{header}{'ratio':>8}")
     print(f"{'posterior of the new user':<36}{ms['fold_in']:>10.2f}{ms['svi']:>14.1f}"
           f"{ms['fold_in'] / ms['svi']:>7.4f}x")
     ours, ref = ms["fold_in"] + ms["top10"], ms["svi"] + ms["top10"]

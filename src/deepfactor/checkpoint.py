@@ -86,11 +86,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: refused to load: it holds objects other than tensors "
                               f"and plain types ({first})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch "
-                              f"file: {str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a "
+                              f"torch file: {reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a deepfactor checkpoint")
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer deepfactor (format "
-                              f"{payload['format_version']}, this one reads up to {FORMAT_VERSION})")
+                              f"{payload['format_version']}, this one reads up to "
+                              f"{FORMAT_VERSION})")
     return payload

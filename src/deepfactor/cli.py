@@ -212,8 +212,9 @@ def _summary(metrics: dict, label: str) -> str:
             f"{'-' if c is None else f'{c:.4f}':>{w}}" for c, w in zip(cells, (12, 13, 10))))
     if "fit" in metrics:
         fit = metrics["fit"]
-        lines.append(f"fit: {fit['seconds']:.1f} s, {fit['epochs']} epochs (kept {fit['best_epoch']}"
-                     f"), ELBO {fit['final_elbo_per_rating']:.4f} nats per rating")
+        lines.append(f"fit: {fit['seconds']:.1f} s, {fit['epochs']} epochs (kept "
+                     f"{fit['best_epoch']}), ELBO {fit['final_elbo_per_rating']:.4f} nats "
+                     "per rating")
     return "\n".join(lines)
 
 

@@ -133,7 +133,10 @@ class FittedModel:
         return frame
 
     def fold_in(self, ratings, **options):
-        """A new user's (or movie's) posterior from its ratings; see :func:`deepfactor.foldin.fold_in`."""
+        """A new user's (or movie's) posterior from its ratings.
+
+        See :func:`deepfactor.foldin.fold_in`.
+        """
         from .foldin import fold_in
 
         return fold_in(self, ratings, **options)
@@ -173,7 +176,8 @@ class FittedModel:
             "guide": self.guide.state_dict(),
             "movie_ids": self.movie_ids.raw,
             "user_ids": self.user_ids.raw,
-            "encoder_ratings": {"movie": torch.from_numpy(r.movie), "user": torch.from_numpy(r.user),
+            "encoder_ratings": {"movie": torch.from_numpy(r.movie),
+                                "user": torch.from_numpy(r.user),
                                 "target": torch.from_numpy(r.rating)},
             "input_standardization": {"center": self.inputs.center, "spread": self.inputs.spread},
         })

@@ -257,4 +257,5 @@ def make_likelihood(name: str, *, threshold: float | None = 3.0) -> Likelihood:
     try:
         return LIKELIHOODS[name]()
     except KeyError:
-        raise ValueError(f"unknown likelihood {name!r}; choose from {sorted(LIKELIHOODS)}") from None
+        raise ValueError(f"unknown likelihood {name!r}; "
+                         f"choose from {sorted(LIKELIHOODS)}") from None

@@ -4,7 +4,10 @@ After fitting, the encoders give every entity its approximate posterior
 ``q(z) = N(loc, diag(scale^2))`` (:class:`Posterior`). The posterior predictive of
 a pair is the mixture
 
-.. math::  p(r_{ij} \\mid \\text{data}) \\approx \\frac{1}{S} \\sum_{s=1}^S p(r \\mid \\eta^{(s)}_{ij}),
+.. math::
+
+    p(r_{ij} \\mid \\text{data}) \\approx
+    \\frac{1}{S} \\sum_{s=1}^S p(r \\mid \\eta^{(s)}_{ij}),
     \\qquad \\eta^{(s)}_{ij} = f_\\theta(z_i^{(s)} \\odot z_j^{(s)}),\\; z^{(s)} \\sim q.
 
 Draws are made per entity, not per pair, so within one chunk of pairs and one draw a

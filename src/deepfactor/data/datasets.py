@@ -354,8 +354,9 @@ def resolve_dataset(
     Raises
     ------
     DatasetNotFoundError
-        When an explicit ``path`` lacks the files, or when no folder holds them and downloading is off or fails; the
-        one-line message says where it looked and where to put the files.
+        When an explicit ``path`` lacks the files, or when no folder holds them and
+        downloading is off or fails; the one-line message says where it looked and
+        where to put the files.
     DatasetIntegrityError
         When the downloaded archive fails its checksum (it is deleted) or holds
         an unsafe member (absolute path, ``..``, symbolic link).
