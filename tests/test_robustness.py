@@ -362,3 +362,17 @@ def test_one_trailing_separator_per_line_is_accepted(tmp_path):
     path.write_text("1\t10\t4\t5\t\n2\t10\t3\t6\n")
     ratings = read_ratings_file(path)
     assert list(ratings.rating) == [4.0, 3.0] and list(ratings.line) == [1, 2]
+
+
+def test_bernoulli_without_a_threshold_names_a_value_other_than_0_or_1(tmp_path, capsys):
+    base, test = fake_rows()
+    base = [(u, m, "1" if int(r) > 3 else "0", t) for u, m, r, t in base]
+    test = [(u, m, "1" if int(r) > 3 else "0", t) for u, m, r, t in test]
+    base[BAD_LINE - 1] = (*base[BAD_LINE - 1][:2], "4", base[BAD_LINE - 1][3])
+    data = fake_ml100k(tmp_path / "ml-100k", base, test)
+    config = file_config(tmp_path, data, **{"model.likelihood": "bernoulli",
+                                            "model.binary_ratings": True})
+    status, err = run_cli(capsys, *fit_args(config, tmp_path / "run"))
+    assert status == 2 and len(err) == 1
+    assert err[0].startswith(f"deepfactor: error: {data / 'u1.base'}:{BAD_LINE}: rating 4 is "
+                             "not 0 or 1")

@@ -83,6 +83,8 @@ KEYS: dict[str, Key] = {
     "model.likelihood": _key("normal", str, "observation family",
                              _choice("normal", "poisson", "bernoulli")),
     "model.like_threshold": _key(3.0, float, "bernoulli: a rating above this is a like"),
+    "model.binary_ratings": _key(False, bool, "bernoulli: the file holds 0/1 values "
+                                 "already (no threshold; any other value is an error)"),
     "model.latent_dim": _key(20, int, "D, dimension of z_movie and z_user", _pos),
     "model.decoder_hidden": _key([40], list, "hidden widths of the decoder",
                                  (_positive_ints, "a list of positive integers")),

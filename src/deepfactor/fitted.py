@@ -30,8 +30,8 @@ CHECKPOINT_NAME = "model.pt"
 def build_modules(config: Config, num_movies: int, num_users: int
                   ) -> tuple[MatrixFactorization, AmortizedGuide]:
     """Model and guide with the sizes of ``config`` (parameters freshly initialized)."""
-    likelihood = make_likelihood(config["model.likelihood"],
-                                 threshold=config["model.like_threshold"])
+    threshold = None if config["model.binary_ratings"] else config["model.like_threshold"]
+    likelihood = make_likelihood(config["model.likelihood"], threshold=threshold)
     decoder = Decoder(config["model.latent_dim"], tuple(config["model.decoder_hidden"]),
                       inputs=config["model.decoder_inputs"],
                       bias_latent=config["model.bias_latent"],
