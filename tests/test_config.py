@@ -59,3 +59,11 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
 def test_shipped_configs_are_valid(path):
     config = load_config(path)
     assert config["data.dataset"] == "ml-100k"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "models").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_list_every_key(path):
+    import tomllib
+
+    listed = {f"{s}.{k}" for s, table in tomllib.loads(path.read_text()).items() for k in table}
+    assert listed == set(KEYS)
