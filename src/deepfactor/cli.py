@@ -1,4 +1,4 @@
-"""Command line: ``deepfactor fit | evaluate | predict | check``. A thin layer over the library.
+"""Command line: ``deepfactor fit | evaluate | predict | check | recommend``; a thin layer.
 
 Every user error (a bad configuration, data file, checkpoint or id) ends with one line
 ``deepfactor: error: ...`` on stderr and exit status 2, never a traceback.
