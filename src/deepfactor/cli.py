@@ -18,6 +18,7 @@ import io  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 __all__ = ["main"]
@@ -118,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="deepfactor: %(message)s")
+    # Diagnostic warnings (posterior collapse, unknown fold-in ids) are for the user:
+    # one line each, without the library's file and source line.
+    warnings.formatwarning = lambda message, category, *_, **__: (
+        f"deepfactor: warning: {message}\n")
     try:
         return {"fit": _fit, "evaluate": _evaluate, "predict": _predict,
                 "check": _check, "recommend": _recommend}[args.command](args)
