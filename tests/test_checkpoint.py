@@ -89,3 +89,11 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         atomic_write(path, failing)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left
+
+
+def test_garbage_never_suggests_unsafe_loading(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"garbage\n")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert "weights_only" not in str(info.value)

@@ -95,3 +95,24 @@ def test_cli_sets_the_openmp_wait_policy_before_torch_loads():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "PASSIVE"
+
+
+def test_a_missing_pairs_file_is_one_line(run_dir, tmp_path):
+    result = run("predict", str(run_dir), "--pairs", str(tmp_path / "nofile.txt"),
+                 "--out", str(tmp_path / "p.csv"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"deepfactor: error: {tmp_path / 'nofile.txt'}: no such file"
+
+
+def test_unknown_users_and_movies_are_named_together(run_dir, tmp_path):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("9999\t7\n3\t8888\n")
+    result = run("predict", str(run_dir), "--pairs", str(pairs), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert "unknown user id: '9999'" in result.stderr and "unknown movie id: '8888'" in result.stderr
+
+
+def test_load_reads_the_run_metrics(run_dir):
+    import deepfactor
+
+    assert deepfactor.load(run_dir).metrics["test"]["num_ratings"] == 120

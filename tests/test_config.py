@@ -67,3 +67,8 @@ def test_shipped_configs_list_every_key(path):
 
     listed = {f"{s}.{k}" for s, table in tomllib.loads(path.read_text()).items() for k in table}
     assert listed == set(KEYS)
+
+
+def test_a_bad_override_is_blamed_on_set_not_on_the_file():
+    with pytest.raises(ConfigError, match=r"^--set: 'train.epochs' must be int, got 'abc'"):
+        load_config(REPO / "models" / "gaussian.toml", ["train.epochs=abc"])

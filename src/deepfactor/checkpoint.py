@@ -81,10 +81,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsafe content"
-        raise CheckpointError(f"{path}: refused to load: it holds objects other than tensors "
-                              f"and plain types ({first})") from None
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, which would run the file's
+        # code: never pass that on.
+        raise CheckpointError(f"{path}: refused to load: it is corrupt or holds objects "
+                              "other than tensors and plain types") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a "

@@ -126,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"fit": _fit, "evaluate": _evaluate, "predict": _predict,
                 "check": _check, "recommend": _recommend}[args.command](args)
+    except FileNotFoundError as err:  # a file named on the command line (DatasetNotFoundError
+        # is one too, with its own message)
+        message = str(err) if err.filename is None else f"{err.filename}: no such file"
+        print(f"deepfactor: error: {message}", file=sys.stderr)
+        return 2
     except _user_errors() as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"deepfactor: error: {message}", file=sys.stderr)

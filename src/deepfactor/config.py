@@ -144,12 +144,14 @@ class Config(Mapping):
         """Validate a nested ``{section: {key: value}}`` table plus ``key=value`` overrides."""
         values = {name: key.default for name, key in KEYS.items()}
         values.update(_flatten(nested or {}, source))
+        overridden = set()
         for item in overrides:
             name, value = _parse_override(item)
             _check_name(name, "--set")
             values[name] = value
+            overridden.add(name)
         for name, value in values.items():
-            values[name] = _validate(name, value, source)
+            values[name] = _validate(name, value, "--set" if name in overridden else source)
         return cls(values, source)
 
     def replace(self, **dotted: Any) -> Config:

@@ -7,6 +7,7 @@ predict, re-encode, or score new pairs.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 import numpy as np
@@ -123,8 +124,7 @@ class FittedModel:
         users, movies = [str(u) for u in users], [str(m) for m in movies]
         if len(users) != len(movies):
             raise ValueError(f"{len(users)} users but {len(movies)} movies")
-        user_index = self.user_ids.index_of(users, what="user id")
-        movie_index = self.movie_ids.index_of(movies, what="movie id")
+        user_index, movie_index = _both_indices(self, users, movies)
         out = self.summaries(movie_index, user_index, quantiles=quantiles,
                              num_samples=num_samples, seed=seed)
         frame = pd.DataFrame({"user": users, "movie": movies})
@@ -210,7 +210,28 @@ class FittedModel:
         return cls(config, model, guide, ratings, std["center"], std["spread"])
 
 
+def _both_indices(fitted: FittedModel, users: list[str], movies: list[str]):
+    """Indices of users and movies; a KeyError names the unknown ones of both."""
+    problems, found = [], []
+    for ids, raw, what in ((fitted.user_ids, users, "user id"),
+                           (fitted.movie_ids, movies, "movie id")):
+        try:
+            found.append(ids.index_of(raw, what=what))
+        except KeyError as err:
+            problems.append(err.args[0])
+    if problems:
+        raise KeyError("; ".join(problems))
+    return found
+
+
 def load(run_dir: str | os.PathLike) -> FittedModel:
-    """Load a fitted model from a run directory; see :meth:`FittedModel.load`."""
-    return FittedModel.load(run_dir)
+    """Load a fitted model from a run directory; see :meth:`FittedModel.load`.
+
+    ``metrics`` is read from the run's ``metrics.json`` when it is there.
+    """
+    fitted = FittedModel.load(run_dir)
+    metrics = Path(run_dir) / "metrics.json"
+    if Path(run_dir).is_dir() and metrics.is_file():
+        fitted.metrics = json.loads(metrics.read_text(encoding="utf-8"))
+    return fitted
 

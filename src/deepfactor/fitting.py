@@ -27,7 +27,7 @@ import torch
 from .baselines import BiasModel, GlobalMean, plugin_lpd
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .batching import EncoderInputs, RatingBatcher
-from .config import Config
+from .config import Config, ConfigError
 from .data.datasets import resolve_dataset
 from .data.ratings import Ratings
 from .data.readers import DataFormatError, read_ratings_file
@@ -70,8 +70,8 @@ def load_data(config: Config, data_dir: str | os.PathLike | None = None) -> Spli
     name, split, seed = config["data.dataset"], config["data.split"], config["train.seed"]
     if name == "synthetic":
         if split != "random":
-            raise ValueError(f"{config.source}: the synthetic dataset has only the 'random' "
-                             f"split, not {split!r}")
+            raise ConfigError(f"{config.source}: the synthetic dataset has only the "
+                              f"'random' split, not {split!r}")
         set_seed(seed)  # the truth depends on the seed alone, wherever it is loaded
         model, _ = build_modules(config, config["data.synthetic_movies"],
                                  config["data.synthetic_users"])

@@ -224,7 +224,8 @@ class BernoulliLikelihood(Likelihood):
         if bad.size:
             raise ValueError(
                 f"{_where(source, lines, bad[0])}: rating {values[bad[0]]:g} is not 0 or "
-                "1, which the Bernoulli likelihood needs when no threshold is set"
+                "1, which the Bernoulli likelihood needs for 0/1 data "
+                "(model.binary_ratings = true: no threshold)"
             )
         return values
 
