@@ -165,7 +165,7 @@ def test_an_empty_base_file_is_named(tmp_path, capsys):
 
 
 def test_a_test_rating_outside_the_scale_is_named_too(tmp_path, capsys):
-    # test ratings become targets only after training, in evaluate: still one line
+    # a malformed test file stops the fit before training, so no checkpoint is left
     base, test = fake_rows()
     test[2] = (*test[2][:2], "6", test[2][3])
     data = fake_ml100k(tmp_path / "ml-100k", base, test)
@@ -174,6 +174,7 @@ def test_a_test_rating_outside_the_scale_is_named_too(tmp_path, capsys):
     assert status == 2
     assert err == [f"deepfactor: error: {data / 'u1.test'}:3: rating 6 is outside the "
                    "declared scale [1, 5] (1 such ratings; see data.rating_scale)"]
+    assert not (tmp_path / "run" / "training.pt").exists()
 
 
 def test_latest_policy_keeps_the_latest_rating_of_each_pair(tmp_path):

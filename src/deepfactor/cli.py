@@ -264,9 +264,9 @@ def _evaluate(args) -> int:
 
 
 def _as_targets(fitted, ratings):
-    from .fitting import _with_targets
+    from .fitting import with_targets
 
-    return _with_targets(fitted.reindex(ratings), fitted.model.likelihood)
+    return with_targets(fitted.reindex(ratings), fitted.model.likelihood, fitted.config)
 
 
 # -- predict ----------------------------------------------------------------------------

@@ -131,7 +131,10 @@ def fit(config: Config, *, data: SplitData | None = None,
     likelihood = model.likelihood
 
     # Targets, the validation carve and every statistic come from training ratings only.
-    train = _with_targets(data.train, likelihood, config)
+    train = with_targets(data.train, likelihood, config)
+    # A malformed test file fails now rather than after training; its values stay unused
+    # until scoring.
+    with_targets(data.test, likelihood, config)
     fit_part, val_part = carve_validation(train, config["data.validation_fraction"],
                                           config["train.seed"])
     center, spread = float(np.mean(fit_part.rating)), float(np.std(fit_part.rating)) or 1.0
@@ -193,7 +196,7 @@ def read_training_checkpoint(path: str | os.PathLike) -> tuple[Config, dict]:
     return Config.from_dict(state["config"], source=str(path)), state["trainer"]
 
 
-def _with_targets(ratings: Ratings, likelihood, config: Config | None = None) -> Ratings:
+def with_targets(ratings: Ratings, likelihood, config: Config | None = None) -> Ratings:
     """``ratings`` with values replaced by the likelihood's (checked) targets.
 
     With ``config``, file ratings must also lie in its ``data.rating_scale`` (synthetic
@@ -238,7 +241,7 @@ def evaluate(fitted: FittedModel, test: Ratings) -> dict:
         The ``metrics.json`` layout documented in the README.
     """
     name = fitted.likelihood
-    test = _with_targets(fitted.reindex(test), fitted.model.likelihood, fitted.config)
+    test = with_targets(fitted.reindex(test), fitted.model.likelihood, fitted.config)
     out = fitted.summaries(test.movie, test.user, target=test.rating)
     train = fitted.encoder_ratings
     cold = (train.movie_counts()[test.movie] == 0) | (train.user_counts()[test.user] == 0)
