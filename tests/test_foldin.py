@@ -262,3 +262,15 @@ def test_held_out_movielens_users_folded_in_beat_the_references(ml100k_dir):
     rmse = _fold_in_errors(fitted, held, data.train.subset(is_held), train, 0)
     assert rmse["fold_in"] < 0.9 * rmse["global_mean"]
     assert rmse["fold_in"] < 0.95 * rmse["movie_bias"]
+
+
+def test_fold_in_ratings_obey_the_declared_scale():
+    from deepfactor.fitting import fit
+
+    from conftest import small_config
+
+    fitted = fit(small_config(**{"data.rating_scale": [1, 5]}), progress=False)
+    movie = fitted.movie_ids.raw[0]
+    with pytest.raises(ValueError, match=r"outside the declared scale \[1, 5\]"):
+        fold_in(fitted, {movie: 9})
+    fold_in(fitted, {movie: 5})  # inside: accepted

@@ -204,6 +204,7 @@ def fold_in(fitted: FittedModel, ratings: Mapping[object, float], *, kind: Kind 
     other = _OTHER[kind]
     others = fitted.movie_ids if kind == "user" else fitted.user_ids
     ids, values = _checked(ratings, other)
+    _check_scale(ids, values, other, fitted.config["data.rating_scale"])
 
     known = np.fromiter((i in others for i in ids), dtype=bool, count=len(ids))
     missing = [i for i, ok in zip(ids, known) if not ok]
@@ -227,6 +228,17 @@ def fold_in(fitted: FittedModel, ratings: Mapping[object, float], *, kind: Kind 
     log.debug("folded in %s %r from %d ratings (%d ignored)", kind, name, len(rated),
               len(missing))
     return FoldIn(fitted, kind, str(name), z_loc, z_scale, rated, targets, tuple(missing))
+
+
+def _check_scale(ids: list[str], values: np.ndarray, other: str, scale: list) -> None:
+    """The fit's ``data.rating_scale`` holds for fold-in ratings too."""
+    if not scale:
+        return
+    outside = np.flatnonzero((values < scale[0]) | (values > scale[1]))
+    if outside.size:
+        k = outside[0]
+        raise ValueError(f"the rating of {other} {ids[k]!r}, {values[k]:g}, is outside the "
+                         f"declared scale [{scale[0]:g}, {scale[1]:g}] (data.rating_scale)")
 
 
 def _checked(ratings: Mapping[object, float], other: str) -> tuple[list[str], np.ndarray]:
