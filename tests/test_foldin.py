@@ -270,6 +270,8 @@ def test_fold_in_ratings_obey_the_declared_scale():
     from conftest import small_config
 
     fitted = fit(small_config(**{"data.rating_scale": [1, 5]}), progress=False)
+    # the check applies to file data; the fit used synthetic ratings, so say it was a file
+    fitted.config = fitted.config.replace(**{"data.dataset": "ml-100k"})
     movie = fitted.movie_ids.raw[0]
     with pytest.raises(ValueError, match=r"outside the declared scale \[1, 5\]"):
         fold_in(fitted, {movie: 9})

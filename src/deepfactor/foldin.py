@@ -204,7 +204,9 @@ def fold_in(fitted: FittedModel, ratings: Mapping[object, float], *, kind: Kind 
     other = _OTHER[kind]
     others = fitted.movie_ids if kind == "user" else fitted.user_ids
     ids, values = _checked(ratings, other)
-    _check_scale(ids, values, other, fitted.config["data.rating_scale"])
+    # the scale is checked as for the training files: not for simulated data
+    if fitted.config["data.dataset"] != "synthetic":
+        _check_scale(ids, values, other, fitted.config["data.rating_scale"])
 
     known = np.fromiter((i in others for i in ids), dtype=bool, count=len(ids))
     missing = [i for i, ok in zip(ids, known) if not ok]
