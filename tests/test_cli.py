@@ -109,7 +109,8 @@ def test_unknown_users_and_movies_are_named_together(run_dir, tmp_path):
     pairs.write_text("9999\t7\n3\t8888\n")
     result = run("predict", str(run_dir), "--pairs", str(pairs), "--out", str(tmp_path / "o"))
     assert result.returncode == 2
-    assert "unknown user id: '9999'" in result.stderr and "unknown movie id: '8888'" in result.stderr
+    assert "unknown user id: '9999'" in result.stderr
+    assert "unknown movie id: '8888'" in result.stderr
 
 
 def test_load_reads_the_run_metrics(run_dir):
