@@ -231,3 +231,17 @@ def test_real_validation_carve(ml100k_dir):
     assert len(fit) + len(validation) == len(train)
     assert abs(len(validation) - 0.1 * len(train)) < 0.01 * len(train)
     assert (fit.user_counts() >= 1).all()
+
+
+def test_random_split_is_seeded_disjoint_and_complete():
+    from deepfactor.data.ratings import IdIndex, Ratings
+    from deepfactor.data.splits import random_split
+
+    r = Ratings(np.arange(50) % 7, np.arange(50) % 5, np.arange(50, dtype=float),
+                IdIndex(range(7)), IdIndex(range(5)))
+    train, test = random_split(r, 0.2, seed=3)
+    assert len(test) == 10 and len(train) == 40
+    assert sorted(np.concatenate([train.rating, test.rating])) == list(range(50))
+    again = random_split(r, 0.2, seed=3)[1]
+    assert list(again.rating) == list(test.rating)
+    assert list(random_split(r, 0.2, seed=4)[1].rating) != list(test.rating)

@@ -30,8 +30,8 @@ from .batching import EncoderInputs, RatingBatcher
 from .config import Config, ConfigError
 from .data.datasets import resolve_dataset
 from .data.ratings import Ratings
-from .data.readers import DataFormatError, read_ratings_file
-from .data.splits import carve_validation, load_split
+from .data.readers import DataFormatError
+from .data.splits import carve_validation, load_split, random_split
 from .fitted import FittedModel, build_modules
 from .metrics import METRIC_KEYS, rating_metrics
 from .predict import encode_posterior, predictive_summaries
@@ -39,8 +39,7 @@ from .reproducibility import configure_threads, set_seed
 from .simulate import SyntheticTruth, simulate
 from .train import SVITrainer, TrainSettings, make_elbo
 
-__all__ = ["SplitData", "load_data", "fit", "evaluate", "random_split",
-           "read_training_checkpoint"]
+__all__ = ["SplitData", "load_data", "fit", "evaluate", "read_training_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +55,6 @@ class SplitData:
     test: Ratings
     name: str
     truth: SyntheticTruth | None = None
-
-
-def random_split(ratings: Ratings, test_fraction: float, seed: int) -> tuple[Ratings, Ratings]:
-    """A seeded uniform split of ``ratings`` into (train, test), same id maps."""
-    order = np.random.default_rng(seed).permutation(len(ratings))
-    num_test = int(round(test_fraction * len(ratings)))
-    return ratings.subset(np.sort(order[num_test:])), ratings.subset(np.sort(order[:num_test]))
 
 
 def load_data(config: Config, data_dir: str | os.PathLike | None = None) -> SplitData:
@@ -83,8 +75,8 @@ def load_data(config: Config, data_dir: str | os.PathLike | None = None) -> Spli
     folder = resolve_dataset(name, data_dir or config["data.path"] or None)
     duplicates = config["data.duplicates"]
     if split == "random":
-        ratings = read_ratings_file(folder / "u.data", duplicates=duplicates)
-        train, test = random_split(ratings, config["data.test_fraction"], seed)
+        everything = load_split(folder, "all", duplicates=duplicates).train
+        train, test = random_split(everything, config["data.test_fraction"], seed)
         return SplitData(train, test, split)
     loaded = load_split(folder, split, duplicates=duplicates)
     return SplitData(loaded.train, loaded.test, split)

@@ -51,9 +51,6 @@ class Posterior:
     z_user_loc: torch.Tensor
     z_user_scale: torch.Tensor
 
-    def as_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self.__dict__)
-
 
 @torch.no_grad()
 def encode_posterior(guide: AmortizedGuide, inputs: EncoderInputs, num_movies: int,

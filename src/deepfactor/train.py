@@ -151,6 +151,7 @@ class SVITrainer:
         self.position, self.epoch_losses = 0, []  # within the current epoch
         self.best_score, self.best_state, self.since_best = -math.inf, None, 0
         self.elapsed = 0.0  # seconds of training before this process (resumed runs)
+        self._start = time.perf_counter()  # reset when run() starts
         self._signal: int | None = None
 
     # -- state ----------------------------------------------------------------------------
@@ -305,7 +306,7 @@ class SVITrainer:
                          s.kl_warmup_start)
 
     def _seconds(self) -> float:
-        return self.elapsed + time.perf_counter() - getattr(self, "_start", time.perf_counter())
+        return self.elapsed + time.perf_counter() - self._start
 
     # -- signals --------------------------------------------------------------------------
 

@@ -26,7 +26,8 @@ import numpy as np
 from deepfactor.data.ratings import Ratings
 from deepfactor.data.readers import DataFormatError, read_ratings_file
 
-__all__ = ["SPLITS", "SPLIT_NAMES", "Split", "carve_validation", "load_split"]
+__all__ = ["SPLITS", "SPLIT_NAMES", "Split", "carve_validation", "load_split",
+           "random_split"]
 
 logger = logging.getLogger(__name__)
 
@@ -212,3 +213,10 @@ def carve_validation(
 
     held_out = rank < _validation_counts(counts, fraction)[train.user]  # (num_train,)
     return train.subset(~held_out), train.subset(held_out)
+
+
+def random_split(ratings: Ratings, test_fraction: float, seed: int) -> tuple[Ratings, Ratings]:
+    """A seeded uniform split of ``ratings`` into (train, test), same id maps."""
+    order = np.random.default_rng(seed).permutation(len(ratings))
+    num_test = int(round(test_fraction * len(ratings)))
+    return ratings.subset(np.sort(order[num_test:])), ratings.subset(np.sort(order[:num_test]))
