@@ -40,6 +40,9 @@ Run: ``python analysis/benchmark_foldin.py [--quick] [--epochs 100] [--held-out 
 
 from __future__ import annotations
 
+# What tests/test_analysis.py runs: the quick mode, in seconds.
+QUICK_ARGS = ["--quick"]
+
 import argparse
 import os
 import time

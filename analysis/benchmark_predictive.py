@@ -35,6 +35,9 @@ Run: ``python analysis/benchmark_predictive.py [--quick] [--run RUN] [--repeats 
 
 from __future__ import annotations
 
+# What tests/test_analysis.py runs: the quick mode, in seconds.
+QUICK_ARGS = ["--quick", "--repeats", "1"]
+
 import argparse
 import json
 import os

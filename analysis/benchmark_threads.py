@@ -18,6 +18,9 @@ Run: ``python analysis/benchmark_threads.py [--quick] [--steps N] [--repeats R]`
 
 from __future__ import annotations
 
+# What tests/test_analysis.py runs: the quick mode, in seconds.
+QUICK_ARGS = ["--quick", "--repeats", "1"]
+
 import argparse
 import json
 import os

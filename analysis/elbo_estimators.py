@@ -18,6 +18,9 @@ Run: ``python analysis/elbo_estimators.py [--quick] [--repeats 50]``; prints a t
 
 from __future__ import annotations
 
+# What tests/test_analysis.py runs: the quick mode, in seconds.
+QUICK_ARGS = ["--quick", "--repeats", "5"]
+
 import argparse
 import os
 
