@@ -45,6 +45,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers():
     ("normal", ("rmse", "mae")),
     ("poisson", ("rmse", "deviance")),
     ("bernoulli", ("auc", "log_loss", "accuracy")),
+    ("ordinal", ("rmse", "mae")),
 ])
 def test_metrics_layout(likelihood, keys):
     fitted = fit(small_config(**{"model.likelihood": likelihood}), progress=False)

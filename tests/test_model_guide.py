@@ -56,7 +56,7 @@ def test_full_batch_weights_are_one(rng):
                                torch.ones(len(batch.movies)))
 
 
-@pytest.mark.parametrize("likelihood", ["normal", "poisson", "bernoulli"])
+@pytest.mark.parametrize("likelihood", ["normal", "poisson", "bernoulli", "ordinal"])
 def test_prior_predictive_draws_have_the_family_support(likelihood, rng):
     ratings, targets, inputs, model, guide = _problem(13, 9, 40, rng, likelihood)
     batch = make_batch(ratings, None, np.arange(40), inputs)
@@ -67,6 +67,8 @@ def test_prior_predictive_draws_have_the_family_support(likelihood, rng):
         assert torch.all(draws >= 0) and torch.all(draws == draws.round())
     if likelihood == "bernoulli":
         assert set(draws.unique().tolist()) <= {0.0, 1.0}
+    if likelihood == "ordinal":
+        assert set(draws.unique().tolist()) <= {1.0, 2.0, 3.0, 4.0, 5.0}
     assert draws.std(0).min() > 0  # random draws, not a copy of anything observed
 
 

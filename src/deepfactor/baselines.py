@@ -8,7 +8,9 @@
 Both are point predictors. To give them a log predictive density they are turned into
 plug-in predictive distributions of the run's family: Normal with the training
 residual sd, Poisson with the predicted mean as rate, Bernoulli with the predicted
-mean (clipped into (0, 1)) as probability.
+mean (clipped into (0, 1)) as probability, ordinal with that Normal discretized onto
+the levels (each level gets the Normal's mass between the midpoints to its
+neighbours; the lowest and highest levels take the tails).
 """
 
 from __future__ import annotations
@@ -80,11 +82,26 @@ class BiasModel:
 
 
 def plugin_lpd(likelihood: str, target: np.ndarray, prediction: np.ndarray,
-               residual_sd: float) -> np.ndarray:
-    """log p(target | point prediction) under the family's plug-in distribution; (N,)."""
+               residual_sd: float, levels=None) -> np.ndarray:
+    """log p(target | point prediction) under the family's plug-in distribution; (N,).
+
+    ``levels`` (the ordinal rating values, increasing) is used by ``"ordinal"`` only.
+    """
+    if likelihood == "ordinal":
+        return _discretized_normal_lpd(target, prediction, residual_sd, np.asarray(levels, float))
     if likelihood == "normal":
         return stats.norm.logpdf(target, loc=prediction, scale=residual_sd)
     if likelihood == "poisson":
         return stats.poisson.logpmf(target, np.maximum(prediction, _MIN_RATE))
     p = np.clip(prediction, _PROBABILITY_FLOOR, 1 - _PROBABILITY_FLOOR)
     return np.where(target > 0.5, np.log(p), np.log1p(-p))
+
+
+def _discretized_normal_lpd(target: np.ndarray, prediction: np.ndarray, sd: float,
+                            levels: np.ndarray) -> np.ndarray:
+    """log of the Normal(prediction, sd) mass of the bin around each target's level."""
+    edges = np.concatenate([[-np.inf], (levels[:-1] + levels[1:]) / 2, [np.inf]])
+    index = np.clip(np.searchsorted(levels, target - 1e-9), 0, len(levels) - 1)
+    upper = stats.norm.cdf(edges[index + 1], loc=prediction, scale=sd)
+    lower = stats.norm.cdf(edges[index], loc=prediction, scale=sd)
+    return np.log(np.maximum(upper - lower, 1e-12))

@@ -81,10 +81,16 @@ KEYS: dict[str, Key] = {
     "data.synthetic_ratings": _key(100_000, int, "synthetic: number of ratings", _pos),
     # model
     "model.likelihood": _key("normal", str, "observation family",
-                             _choice("normal", "poisson", "bernoulli")),
+                             _choice("normal", "poisson", "bernoulli", "ordinal")),
     "model.like_threshold": _key(3.0, float, "bernoulli: a rating above this is a like"),
     "model.binary_ratings": _key(False, bool, "bernoulli: the file holds 0/1 values "
                                  "already (no threshold; any other value is an error)"),
+    "model.ordinal_levels": _key([1, 2, 3, 4, 5], list, "ordinal: the rating values, "
+                                 "in increasing order (every rating must be one of them)",
+                                 (lambda v: len(v) >= 2 and all(
+                                     isinstance(x, int | float) and not isinstance(x, bool)
+                                     for x in v) and all(a < b for a, b in zip(v, v[1:])),
+                                  "at least two strictly increasing numbers")),
     "model.latent_dim": _key(20, int, "D, dimension of z_movie and z_user", _pos),
     "model.decoder_hidden": _key([40], list, "hidden widths of the decoder",
                                  (_positive_ints, "a list of positive integers")),

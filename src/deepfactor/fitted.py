@@ -32,7 +32,8 @@ def build_modules(config: Config, num_movies: int, num_users: int
                   ) -> tuple[MatrixFactorization, AmortizedGuide]:
     """Model and guide with the sizes of ``config`` (parameters freshly initialized)."""
     threshold = None if config["model.binary_ratings"] else config["model.like_threshold"]
-    likelihood = make_likelihood(config["model.likelihood"], threshold=threshold)
+    likelihood = make_likelihood(config["model.likelihood"], threshold=threshold,
+                                 levels=config["model.ordinal_levels"])
     decoder = Decoder(config["model.latent_dim"], tuple(config["model.decoder_hidden"]),
                       inputs=config["model.decoder_inputs"],
                       bias_latent=config["model.bias_latent"],

@@ -67,7 +67,8 @@ def load_data(config: Config, data_dir: str | os.PathLike | None = None) -> Spli
         set_seed(seed)  # the truth depends on the seed alone, wherever it is loaded
         model, _ = build_modules(config, config["data.synthetic_movies"],
                                  config["data.synthetic_users"])
-        bias = {"normal": 3.5, "poisson": 1.0, "bernoulli": 0.0}[config["model.likelihood"]]
+        bias = {"normal": 3.5, "poisson": 1.0, "bernoulli": 0.0,
+                "ordinal": 0.0}[config["model.likelihood"]]
         ratings, truth = simulate(model, config["data.synthetic_ratings"], seed, output_bias=bias)
         train, test = random_split(ratings, config["data.test_fraction"], seed)
         return SplitData(train, test, "random", truth)
@@ -131,6 +132,7 @@ def fit(config: Config, *, data: SplitData | None = None,
                                           config["train.seed"])
     center, spread = float(np.mean(fit_part.rating)), float(np.std(fit_part.rating)) or 1.0
     fit_inputs = EncoderInputs(fit_part, fit_part.rating, center, spread)
+    likelihood.initialize(fit_part.rating)
     with torch.no_grad():
         model.decoder.output_bias.fill_(likelihood.link_inverse_of_mean(center))
     log.info("fitting on %d ratings (%d held for validation) of %d movies x %d users",
@@ -258,7 +260,8 @@ def evaluate(fitted: FittedModel, test: Ratings) -> dict:
         pred = reference.predict(test.movie, test.user)
         if name == "bernoulli":
             pred = np.clip(pred, 0.0, 1.0)
-        lpd = plugin_lpd(name, test.rating, pred, reference.residual_sd)
+        lpd = plugin_lpd(name, test.rating, pred, reference.residual_sd,
+                         levels=fitted.config["model.ordinal_levels"])
         scores = rating_metrics(name, test.rating, pred, lpd)
         metrics["reference"][reference.name] = scores
         metrics["ratio_to_reference"][reference.name] = {

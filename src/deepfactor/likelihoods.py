@@ -10,6 +10,8 @@ family                  p(r | eta)                      data it accepts
                         learned
 ``poisson``             Poisson(softplus(eta))          non-negative integers (counts)
 ``bernoulli``           Bernoulli(logits=eta)           r > threshold is a "like"
+``ordinal``             P(r <= l_k) = sigmoid(c_k-eta)  one of K ordered levels
+                        cut points c learned            l_1 < ... < l_K (stars)
 ======================  ==============================  ===========================
 
 A likelihood also says how observed values are prepared (validated, and for
@@ -26,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from pyro import distributions as dist
 from pyro.nn import PyroModule, PyroParam
-from torch.distributions import constraints
+from pyro.distributions import constraints
 
 __all__ = ["Likelihood", "NormalLikelihood", "PoissonLikelihood", "BernoulliLikelihood",
-           "make_likelihood", "LIKELIHOODS"]
+           "OrdinalLikelihood", "OrdinalLevels", "make_likelihood", "LIKELIHOODS"]
 
 # The Poisson rate softplus(eta) underflows to 0 for eta below about -100, which
 # would make log p(r > 0) = -inf; a floor far below any count scale keeps it finite.
@@ -61,6 +63,9 @@ class Likelihood(PyroModule):
     def link_inverse_of_mean(self, mean: float) -> float:
         """The ``eta`` whose predictive mean is ``mean``, to start the decoder there."""
         return mean
+
+    def initialize(self, targets: np.ndarray) -> None:
+        """Set data-dependent starting values from training ``targets`` (default: none)."""
 
     def mean(self, eta: torch.Tensor) -> torch.Tensor:
         """E[r | eta], same shape as ``eta``."""
@@ -247,14 +252,182 @@ class BernoulliLikelihood(Likelihood):
         return out
 
 
+def ordinal_log_probs(eta: torch.Tensor, cutpoints: torch.Tensor) -> torch.Tensor:
+    """log P(r = level k | eta) of the cumulative-logit model; shape ``eta.shape + (K,)``.
+
+    With ``P(r <= k) = sigmoid(c_k - eta)`` for cut points ``c_1 < ... < c_{K-1}``,
+    the mass of level ``k`` is a difference of two sigmoids. Differencing them in
+    probability space (as ``pyro.distributions.OrderedLogistic`` does) rounds the mass
+    of a far tail to 0; here each term is formed in log space instead, from
+
+    .. math::  \\sigma(a) - \\sigma(b) = \\sigma(a)\\, \\sigma(-b)\\, (1 - e^{b - a}),
+               \\qquad a = c_k - \\eta > b = c_{k-1} - \\eta,
+
+    with ``log sigma(a) = -softplus(-a)``, so every level keeps a finite log mass.
+    """
+    a = cutpoints - eta.unsqueeze(-1)  # (..., K-1): log-odds of r <= k
+    log_below = -F.softplus(-a)  # log P(r <= k)
+    log_above = -F.softplus(a)  # log P(r > k)
+    gap = (a[..., 1:] - a[..., :-1]).clamp(min=1e-12)  # c_k - c_{k-1} > 0
+    middle = log_below[..., 1:] + log_above[..., :-1] + torch.log(-torch.expm1(-gap))
+    return torch.cat([log_below[..., :1], middle, log_above[..., -1:]], dim=-1)
+
+
+class OrdinalLevels(dist.TorchDistribution):
+    """A categorical distribution over the ordered values ``levels`` (not 0..K-1).
+
+    It holds ``log_probs`` over the ``K`` levels and reads and writes rating values
+    themselves (1..5 stars, or 0.5..5 in half stars), so the model's observed site,
+    the predictions and the metrics all stay on the rating scale.
+
+    Parameters
+    ----------
+    log_probs : Tensor, shape (..., K)
+        Normalized log masses.
+    levels : Tensor, shape (K,)
+        The increasing rating values.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real  # a finite subset; prepare() checks observed values
+    has_enumerate_support = False
+
+    def __init__(self, log_probs: torch.Tensor, levels: torch.Tensor, validate_args=None):
+        self.log_probs, self.levels = log_probs, levels
+        super().__init__(log_probs.shape[:-1], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        return OrdinalLevels(self.log_probs.expand(batch_shape + self.log_probs.shape[-1:]),
+                             self.levels)
+
+    def level_index(self, value: torch.Tensor) -> torch.Tensor:
+        """Position of each value among the levels (nearest level), as a long tensor."""
+        index = torch.searchsorted(self.levels, value.to(self.levels.dtype).contiguous())
+        index = index.clamp(1, len(self.levels) - 1)
+        nearer_left = (value - self.levels[index - 1]) < (self.levels[index] - value)
+        return torch.where(nearer_left, index - 1, index)
+
+    def log_prob(self, value):
+        shape = torch.broadcast_shapes(value.shape, self.batch_shape)
+        index = self.level_index(value).expand(shape)
+        log_probs = self.log_probs.expand(shape + self.log_probs.shape[-1:])
+        return log_probs.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+
+    def sample(self, sample_shape=torch.Size()):
+        index = dist.Categorical(logits=self.log_probs).sample(sample_shape)
+        return self.levels[index]
+
+    @property
+    def mean(self):
+        return self.log_probs.exp() @ self.levels
+
+    @property
+    def variance(self):
+        return self.log_probs.exp() @ self.levels**2 - self.mean**2
+
+
+class OrdinalLikelihood(Likelihood):
+    """Cumulative-logit (ordered logistic) likelihood over ``K`` ordered rating levels.
+
+    ``P(r <= l_k | eta) = sigmoid(c_k - eta)`` for ``k = 1..K-1``, with ``K - 1``
+    learned cut points ``c_1 < ... < c_{K-1}`` shared by all pairs. A larger ``eta``
+    moves mass to higher levels; the cut points fix how far apart the levels lie on
+    the logit scale, so the model puts mass only on the levels that exist (a Normal
+    puts it on 3.7 and 6.2) and can be skewed near the ends of the scale.
+
+    Parameters
+    ----------
+    levels : sequence of float
+        The allowed rating values, strictly increasing (``[1, 2, 3, 4, 5]`` for
+        MovieLens stars; ``[0.5, 1, ..., 5]`` for half stars).
+    """
+
+    name = "ordinal"
+
+    def __init__(self, levels=(1.0, 2.0, 3.0, 4.0, 5.0)):
+        super().__init__()
+        levels = [float(v) for v in levels]
+        if len(levels) < 2 or any(b <= a for a, b in zip(levels[:-1], levels[1:])):
+            raise ValueError(f"ordinal levels must be at least two strictly increasing "
+                             f"numbers, got {levels}")
+        self.register_buffer("levels", torch.tensor(levels))
+        k = len(levels) - 1
+        self.cutpoints = PyroParam(torch.linspace(-2.0, 2.0, k) if k > 1 else torch.zeros(1),
+                                   constraint=constraints.ordered_vector)
+
+    def distribution(self, eta):
+        return OrdinalLevels(ordinal_log_probs(eta, self.cutpoints), self.levels)
+
+    def prepare(self, values, *, source="ratings", lines=None):
+        values = super().prepare(values, source=source, lines=lines)
+        levels = self.levels.numpy().astype(np.float64)
+        known = np.isclose(values[:, None], levels[None, :], rtol=0, atol=1e-9).any(axis=1)
+        bad = np.flatnonzero(~known)
+        if bad.size:
+            raise ValueError(
+                f"{_where(source, lines, bad[0])}: rating {values[bad[0]]:g} is not one of "
+                f"the ordinal levels {[float(v) for v in levels]} (model.ordinal_levels; "
+                f"{bad.size} such ratings)"
+            )
+        return values
+
+    def link_inverse_of_mean(self, mean):
+        return 0.0  # the cut points carry the location; see initialize
+
+    def initialize(self, targets):
+        """Cut points at the logits of the training ratings' cumulative shares.
+
+        With ``eta = 0`` the model then reproduces the marginal distribution of the
+        training ratings; a share of 0 or 1 is smoothed (add-one) to keep them finite
+        and increasing.
+        """
+        levels = self.levels.numpy().astype(np.float64)
+        counts = np.array([np.isclose(targets, v, atol=1e-9).sum() for v in levels]) + 1.0
+        cumulative = np.cumsum(counts)[:-1] / counts.sum()
+        self.cutpoints = torch.tensor(np.log(cumulative / (1 - cumulative)),
+                                      dtype=torch.get_default_dtype())
+
+    def _mixture_probs(self, eta):
+        """Predictive mass of each level, averaged over the draws; (N, K) from (S, N)."""
+        return ordinal_log_probs(eta, self.cutpoints.detach()).exp().mean(0)
+
+    def cdf_below_at(self, eta, y):
+        cumulative = ordinal_log_probs(eta, self.cutpoints.detach()).exp().cumsum(-1)
+        index = self.distribution(eta).level_index(y).expand(eta.shape)
+        at = cumulative.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+        below = torch.where(index > 0, cumulative.gather(
+            -1, (index - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1), 0.0)
+        return below, at.clamp(max=1.0)
+
+    def predictive_summary(self, eta, quantiles=(0.05, 0.95)):
+        probs = self._mixture_probs(eta)  # (N, K)
+        levels = self.levels.to(probs.dtype)
+        mean = probs @ levels
+        sd = torch.sqrt((probs @ levels**2 - mean**2).clamp(min=0.0))
+        out = {"mean": mean, "sd": sd}
+        cumulative = probs.cumsum(-1)
+        for q in quantiles:
+            # smallest level whose predictive CDF reaches q
+            index = (cumulative < q - 1e-12).sum(-1).clamp(max=len(levels) - 1)
+            out[quantile_key(q)] = levels[index]
+        return out
+
+
 LIKELIHOODS = {"normal": NormalLikelihood, "poisson": PoissonLikelihood,
-               "bernoulli": BernoulliLikelihood}
+               "bernoulli": BernoulliLikelihood, "ordinal": OrdinalLikelihood}
 
 
-def make_likelihood(name: str, *, threshold: float | None = 3.0) -> Likelihood:
-    """Build the likelihood called ``name`` (one of :data:`LIKELIHOODS`)."""
+def make_likelihood(name: str, *, threshold: float | None = 3.0,
+                    levels=(1.0, 2.0, 3.0, 4.0, 5.0)) -> Likelihood:
+    """Build the likelihood called ``name`` (one of :data:`LIKELIHOODS`).
+
+    ``threshold`` is Bernoulli's like threshold, ``levels`` the ordinal rating values.
+    """
     if name == "bernoulli":
         return BernoulliLikelihood(threshold)
+    if name == "ordinal":
+        return OrdinalLikelihood(levels)
     try:
         return LIKELIHOODS[name]()
     except KeyError:

@@ -18,6 +18,7 @@ METRIC_KEYS = {
     "normal": ("rmse", "mae"),
     "poisson": ("rmse", "deviance"),
     "bernoulli": ("auc", "log_loss", "accuracy"),
+    "ordinal": ("rmse", "mae"),
 }
 
 # log_loss and the reference predictors' lpd need probabilities strictly inside (0, 1).
@@ -37,7 +38,7 @@ def rating_metrics(likelihood: str, target: np.ndarray, mean: np.ndarray,
 
     Parameters
     ----------
-    likelihood : {"normal", "poisson", "bernoulli"}
+    likelihood : {"normal", "poisson", "bernoulli", "ordinal"}
     target, mean : ndarray, shape (N,)
     lpd : ndarray, shape (N,), optional
         log p(r_k | training data) per rating, nats.
@@ -56,9 +57,9 @@ def rating_metrics(likelihood: str, target: np.ndarray, mean: np.ndarray,
         out.update({k: None for k in METRIC_KEYS[likelihood]}, lpd=None)
         return out
     error = mean - target
-    if likelihood in ("normal", "poisson"):
+    if likelihood in ("normal", "poisson", "ordinal"):
         out["rmse"] = float(np.sqrt(np.mean(error**2)))
-    if likelihood == "normal":
+    if likelihood in ("normal", "ordinal"):
         out["mae"] = float(np.mean(np.abs(error)))
     elif likelihood == "poisson":
         out["deviance"] = poisson_deviance(target, mean)
