@@ -268,5 +268,6 @@ def evaluate(fitted: FittedModel, test: Ratings) -> dict:
             key: (metrics["test"][key] / scores[key]
                   if metrics["test"][key] is not None and scores[key] else None)
             for key in METRIC_KEYS[name]
-        } | {"lpd_difference": metrics["test"]["lpd"] - scores["lpd"]}
+        } | {"lpd_difference": (metrics["test"]["lpd"] - scores["lpd"]
+                                if metrics["test"]["lpd"] is not None else None)}
     return metrics

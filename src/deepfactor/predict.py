@@ -28,6 +28,7 @@ import torch
 
 from .batching import EncoderInputs
 from .guide import AmortizedGuide
+from .likelihoods import quantile_key
 from .model import MatrixFactorization
 
 __all__ = ["Posterior", "encode_posterior", "draw_eta", "predictive_summaries"]
@@ -126,4 +127,8 @@ def predictive_summaries(model: MatrixFactorization, posterior: Posterior, movie
             out["lpd"] = likelihood.log_predictive_density(eta, t)
         for key, value in out.items():
             parts.setdefault(key, []).append(value)
+    if not parts:  # no pairs: the same keys, empty
+        keys = ["mean", "sd", *map(quantile_key, quantiles)] + (["lpd"] if target is not None
+                                                                 else [])
+        return {key: np.empty(0) for key in keys}
     return {key: torch.cat(v).numpy().astype(np.float64) for key, v in parts.items()}
