@@ -118,3 +118,26 @@ def test_reference_plugin_mass_sums_to_one_over_the_levels():
     # the level nearest the prediction gets the most mass
     lpd = plugin_lpd("ordinal", levels, np.full(5, 3.3), 0.9, levels=levels)
     assert int(np.argmax(lpd)) == 2
+
+
+def test_an_ordinal_fit_saves_loads_folds_in_and_recommends(tmp_path):
+    from conftest import small_config
+
+    from deepfactor import load
+    from deepfactor.fitting import fit
+
+    fitted = fit(small_config(**{"model.likelihood": "ordinal", "train.epochs": 2}),
+                 progress=False)
+    assert fitted.metrics["likelihood"] == "ordinal"
+    cut = fitted.model.likelihood.cutpoints.detach().clone()
+    fitted.save(tmp_path / "run")
+    again = load(tmp_path / "run")
+    torch.testing.assert_close(again.model.likelihood.cutpoints.detach(), cut)
+    users, movies = fitted.user_ids.raw[:3], fitted.movie_ids.raw[:3]
+    a, b = fitted.predict(users, movies), again.predict(users, movies)
+    np.testing.assert_array_equal(a["mean"], b["mean"])
+    assert set(np.unique(a["q05"])) <= set(LEVELS) and a["mean"].between(1, 5).all()
+    top = again.recommend(users[0], k=4)
+    assert len(top) == 4 and top["mean"].is_monotonic_decreasing
+    new_user = again.fold_in({movies[0]: 5, movies[1]: 1})
+    assert new_user.predict(movies[:2])["mean"].between(1, 5).all()
