@@ -1,13 +1,14 @@
 """Data-parallel training: 2 gloo ranks on 127.0.0.1 against 1 process, same seed.
 
-The ranks are spawned processes that join a process group on a free loopback port
-(``GLOO_SOCKET_IFNAME=lo``: nothing binds beyond loopback) and call the ordinary
+The ranks are spawned processes that join a process group listening on 127.0.0.1 only
+(:func:`deepfactor.distributed.init_loopback`) and call the ordinary
 :func:`deepfactor.fit`, as the CLI does under ``torchrun``.
 """
 
 import os
 import signal
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from deepfactor.config import Config
-from deepfactor.distributed import World, shard
+from deepfactor.distributed import World, free_loopback_port, init_loopback, shard
 from deepfactor.fitting import fit, read_training_checkpoint
 from deepfactor.train import SVITrainer, TrainingInterrupted
 
@@ -28,22 +29,15 @@ CONFIG = {"data.synthetic_ratings": 640, "train.batch_size": 115, "train.epochs"
           "train.kl_warmup_epochs": 1, "train.kl_warmup_start": 0.5, "train.patience": 1}
 
 
-def _free_loopback_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank(rank, world_size, port, nested, out, stop_at_step):
     """One rank: join the group on loopback, fit, save what it ended with.
 
     With ``stop_at_step``, fit once straight, then again with a SIGINT raised on rank 1
     alone before that step, then resume from the checkpoint.
     """
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world_size)
+    init_loopback(rank, world_size, port)
+    (out / f"listening{rank}.txt").write_text(" ".join(_listening_addresses()))
     try:
         config = Config.from_dict(nested, source="<test>")
         _save(fit(config, progress=False), out / f"rank{rank}.pt")
@@ -71,6 +65,26 @@ def _rank(rank, world_size, port, nested, out, stop_at_step):
         dist.destroy_process_group()
 
 
+def _listening_addresses() -> list[str]:
+    """IPv4/IPv6 addresses this process listens on, from /proc (Linux)."""
+    inodes = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        target = os.readlink(fd) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    addresses = []
+    for table in ("tcp", "tcp6"):
+        lines = Path(f"/proc/self/net/{table}").read_text().splitlines()[1:]
+        for fields in (line.split() for line in lines):
+            if fields[3] == "0A" and fields[9] in inodes:  # state LISTEN, one of ours
+                raw = bytes.fromhex(fields[1].split(":")[0])
+                # /proc prints each 32-bit word of the address in host (little-endian) order
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                family = socket.AF_INET if table == "tcp" else socket.AF_INET6
+                addresses.append(socket.inet_ntop(family, words))
+    return addresses
+
+
 def _save(fitted, path):
     torch.save({"model": fitted.model.state_dict(), "guide": fitted.guide.state_dict(),
                 "history": fitted.history, "metrics": fitted.metrics}, path)
@@ -78,7 +92,7 @@ def _save(fitted, path):
 
 def _run_two_ranks(config, out, stop_at_step=0):
     out.mkdir(exist_ok=True)
-    mp.spawn(_rank, args=(2, _free_loopback_port(), config.nested(), out, stop_at_step),
+    mp.spawn(_rank, args=(2, free_loopback_port(), config.nested(), out, stop_at_step),
              nprocs=2, join=True)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
@@ -109,6 +123,9 @@ def test_two_gloo_ranks_match_one_process_and_each_other(tmp_path):
     assert len(single.history) == 2  # 10 steps, the last with one rating
 
     rank0, rank1 = _run_two_ranks(config, tmp_path / "two")
+    for rank in range(2):  # the store and gloo listened on loopback only
+        listening = (tmp_path / "two" / f"listening{rank}.txt").read_text().split()
+        assert listening and set(listening) == {"127.0.0.1"}
     _assert_same_parameters(rank0, rank1, atol=0)  # bit for bit
     reference = {"model": single.model.state_dict(), "guide": single.guide.state_dict()}
     _assert_same_parameters(reference, rank0, atol=1e-5)

@@ -45,7 +45,9 @@ Decisions taken once for all ranks
 
 from __future__ import annotations
 
+import datetime
 import os
+import socket
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +55,8 @@ import torch
 import torch.distributed as dist
 from pyro.poutine.messenger import Messenger
 
-__all__ = ["World", "current_world", "init_from_environment", "shutdown", "shard",
+__all__ = ["World", "current_world", "init_from_environment", "init_loopback",
+           "free_loopback_port", "shutdown", "shard",
            "SharedNoise", "shard_loss", "all_reduce_gradients", "broadcast_module",
            "broadcast_object", "barrier", "communication_numbers"]
 
@@ -92,6 +95,40 @@ def init_from_environment() -> World | None:
     if not dist.is_initialized():
         dist.init_process_group(backend=BACKEND)
     return current_world()
+
+
+def init_loopback(rank: int, size: int, port: int) -> World:
+    """Join a group of ``size`` processes of this machine that listens on 127.0.0.1 only.
+
+    For tests and benchmarks. ``tcp://`` and ``env://`` initialization let the
+    rendezvous store listen on every interface; here rank 0 binds the store's socket to
+    loopback itself, and ``GLOO_SOCKET_IFNAME=lo`` keeps gloo's own sockets there (Linux).
+
+    Parameters
+    ----------
+    rank, size : int
+    port : int
+        A free port of 127.0.0.1, the same for every rank.
+    """
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    listen_fd = None
+    if rank == 0:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        listen_fd = listener.detach()  # the store owns the socket from now on
+    store = dist.TCPStore("127.0.0.1", port, size, rank == 0, master_listen_fd=listen_fd,
+                          timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group(BACKEND, store=store, rank=rank, world_size=size)
+    return World(rank, size)
+
+
+def free_loopback_port() -> int:
+    """A port of 127.0.0.1 free now (another process could take it before it is used)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def shutdown() -> None:
