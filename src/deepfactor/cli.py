@@ -160,6 +160,8 @@ def _fit(args) -> int:
             setup = _fit_setup(args) if world.is_main else None
         except _user_errors() as err:  # rank 0 reports it; the others just stop
             setup = err
+        if not world.is_main:  # one copy of each log line and warning: rank 0's
+            log.setLevel(logging.ERROR)
         setup = distributed.broadcast_object(setup)
         if isinstance(setup, BaseException):
             if world.is_main:
