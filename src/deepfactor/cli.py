@@ -186,8 +186,10 @@ def _fit_here(args, config, out, resume, *, main: bool, world_size: int = 1) -> 
                      checkpoint_path=out / TRAINING_CHECKPOINT, resume=resume)
     except TrainingInterrupted as err:
         if main:
+            again = (f"torchrun --nproc_per_node={world_size} -m deepfactor" if world_size > 1
+                     else "deepfactor")
             print(f"deepfactor: stopped by {err}; checkpoint in {out / TRAINING_CHECKPOINT}; "
-                  f"continue with: deepfactor fit --resume {out}", file=sys.stderr)
+                  f"continue with: {again} fit --resume {out}", file=sys.stderr)
         return 128 + err.signum
     if not main:
         return 0
