@@ -147,27 +147,58 @@ TRAINING_CHECKPOINT = "training.pt"
 
 
 def _fit(args) -> int:
+    from . import distributed
+
+    # Under torchrun (WORLD_SIZE > 1) every rank trains; rank 0 reads the configuration
+    # or the checkpoint, hands it to the others, and alone writes the run directory.
+    world = distributed.init_from_environment()
+    try:
+        if world is None:
+            return _fit_here(args, *_fit_setup(args), main=True)
+        setup: tuple | BaseException
+        try:
+            setup = _fit_setup(args) if world.is_main else None
+        except _user_errors() as err:  # rank 0 reports it; the others just stop
+            setup = err
+        if not world.is_main:  # one copy of each log line and warning: rank 0's
+            log.setLevel(logging.ERROR)
+        setup = distributed.broadcast_object(setup)
+        if isinstance(setup, BaseException):
+            if world.is_main:
+                raise setup
+            return 2
+        return _fit_here(args, *setup, main=world.is_main, world_size=world.size)
+    finally:
+        distributed.shutdown()
+
+
+def _fit_here(args, config, out, resume, *, main: bool, world_size: int = 1) -> int:
     from .checkpoint import write_json, write_text
     from .fitting import fit
     from .reproducibility import environment
     from .train import TrainingInterrupted
 
-    config, out, resume = _fit_setup(args)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.toml", config.to_toml())
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.toml", config.to_toml())
     try:
         fitted = fit(config, data_dir=args.data, progress=not args.quiet,
                      checkpoint_path=out / TRAINING_CHECKPOINT, resume=resume)
     except TrainingInterrupted as err:
-        print(f"deepfactor: stopped by {err}; checkpoint in {out / TRAINING_CHECKPOINT}; "
-              f"continue with: deepfactor fit --resume {out}", file=sys.stderr)
+        if main:
+            again = (f"torchrun --nproc_per_node={world_size} -m deepfactor" if world_size > 1
+                     else "deepfactor")
+            print(f"deepfactor: stopped by {err}; checkpoint in {out / TRAINING_CHECKPOINT}; "
+                  f"continue with: {again} fit --resume {out}", file=sys.stderr)
         return 128 + err.signum
+    if not main:
+        return 0
 
     fitted.save(out)
     write_json(out / "metrics.json", fitted.metrics)
     write_text(out / "trace.csv", _csv(fitted.history))
     write_json(out / "environment.json", {**environment(), "seed": config["train.seed"],
-                                          "command": sys.argv})
+                                          "world_size": world_size, "command": sys.argv})
     if not args.quiet:
         print(_summary(fitted.metrics, f"{config['data.split']} test"))
         print(f"run written to {out}")

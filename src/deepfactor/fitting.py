@@ -32,6 +32,7 @@ from .data.datasets import resolve_dataset
 from .data.ratings import Ratings
 from .data.readers import DataFormatError
 from .data.splits import carve_validation, load_split, random_split
+from .distributed import broadcast_object, current_world
 from .fitted import FittedModel, build_modules
 from .metrics import METRIC_KEYS, rating_metrics
 from .predict import encode_posterior, predictive_summaries
@@ -114,6 +115,14 @@ def fit(config: Config, *, data: SplitData | None = None,
     ------
     TrainingInterrupted
         When SIGINT or SIGTERM stopped training (after writing the checkpoint).
+
+    Notes
+    -----
+    Called on every rank of an initialized ``torch.distributed`` process group (as the
+    CLI does under ``torchrun``), it trains data-parallel: every rank loads the same
+    data, takes its shard of each minibatch, and ends with the same parameters. Rank 0
+    alone validates, writes ``checkpoint_path`` and computes the metrics, which every
+    rank then returns.
     """
     start = time.perf_counter()
     set_seed(config["train.seed"])
@@ -156,16 +165,29 @@ def fit(config: Config, *, data: SplitData | None = None,
         save_checkpoint(checkpoint_path, {"kind": "training", "config": config.nested(),
                                           "trainer": state})
 
+    world = current_world()
     trainer = SVITrainer(loss_fn, batcher, validate, TrainSettings.from_config(config),
-                         checkpoint=checkpoint if checkpoint_path else None, progress=progress)
+                         checkpoint=checkpoint if checkpoint_path else None, progress=progress,
+                         world=world)
     if resume is not None:
         trainer.load_state_dict(resume)
     result = trainer.run()
-    final_elbo = _final_elbo(loss_fn, batcher)
 
     fitted = FittedModel(config, model, guide, train, center, spread, history=result.history)
-    fitted.metrics = evaluate(fitted, data.test)
-    fitted.metrics["fit"] = {
+    if world is None or world.is_main:  # the ranks hold the same parameters: score once
+        fitted.metrics = _metrics(fitted, data, loss_fn, batcher, result, start, val_part)
+    if world is not None:
+        fitted.metrics = broadcast_object(fitted.metrics)
+    return fitted
+
+
+def _metrics(fitted: FittedModel, data: SplitData, loss_fn, batcher: RatingBatcher,
+             result, start: float, val_part: Ratings) -> dict:
+    """The content of ``metrics.json`` for a fit that ended with ``result``."""
+    train, fit_part = data.train, batcher.ratings
+    final_elbo = _final_elbo(loss_fn, batcher)
+    metrics = evaluate(fitted, data.test)
+    metrics["fit"] = {
         "seconds": time.perf_counter() - start,
         "train_seconds": result.seconds,
         "epochs": len(result.history),
@@ -178,8 +200,8 @@ def fit(config: Config, *, data: SplitData | None = None,
         "num_validation_ratings": len(val_part),
     }
     best = result.history[result.best_epoch - 1] if result.history else {}
-    fitted.metrics["validation"] = {k[4:]: v for k, v in best.items() if k.startswith("val_")}
-    return fitted
+    metrics["validation"] = {k[4:]: v for k, v in best.items() if k.startswith("val_")}
+    return metrics
 
 
 def read_training_checkpoint(path: str | os.PathLike) -> tuple[Config, dict]:

@@ -16,6 +16,13 @@ optimizer and schedule, the epoch's permutation and position in it, every random
 the best state so far), so a run stopped between two steps and resumed from that state
 ends with the same parameters as a run that was never stopped. SIGINT and SIGTERM stop
 the loop between steps, after a last checkpoint.
+
+Data-parallel. Given a :class:`~deepfactor.distributed.World` (several processes, e.g.
+under ``torchrun``), each step scores this rank's shard of the global minibatch and sums
+every gradient over the ranks before the Adam step (:mod:`deepfactor.distributed` says
+why that is exactly the single-process gradient). Rank 0 alone validates, writes
+checkpoints and shows progress; its validation scores and clock, and a flag for a
+caught signal, are shared so that every rank stops after the same step or epoch.
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ import torch
 from pyro import poutine
 from tqdm.auto import tqdm
 
+from . import distributed
 from .batching import Batch, RatingBatcher
+from .distributed import World
 
 __all__ = ["TrainingDiverged", "TrainingInterrupted", "TrainSettings", "TrainResult",
            "SVITrainer", "kl_weight", "make_elbo"]
@@ -133,13 +142,20 @@ class SVITrainer:
         the end, and when a signal stops the run.
     progress : bool
         Show a tqdm bar (epochs, running loss per rating, validation score).
+    world : World, optional
+        Train data-parallel with these ranks (the process group is initialized);
+        ``validate``, ``checkpoint`` and the bar are then used on rank 0 only.
     """
 
     def __init__(self, loss_fn: torch.nn.Module, batcher: RatingBatcher,
                  validate: Callable[[], dict[str, float]], settings: TrainSettings,
-                 checkpoint: Callable[[dict], None] | None = None, progress: bool = True):
+                 checkpoint: Callable[[dict], None] | None = None, progress: bool = True,
+                 world: World | None = None):
         self.loss_fn, self.batcher, self.validate = loss_fn, batcher, validate
-        self.settings, self.checkpoint, self.progress = settings, checkpoint, progress
+        self.settings, self.world = settings, world
+        self.is_main = world is None or world.is_main
+        self.checkpoint = checkpoint if self.is_main else None
+        self.progress = progress and self.is_main
         s = settings
         # fused: one kernel for all parameters; 3 ms instead of 10 ms per step here
         self.optimizer = torch.optim.Adam(loss_fn.parameters(), lr=s.lr, fused=True)
@@ -152,7 +168,8 @@ class SVITrainer:
         self.best_score, self.best_state, self.since_best = -math.inf, None, 0
         self.elapsed = 0.0  # seconds of training before this process (resumed runs)
         self._start = time.perf_counter()  # reset when run() starts
-        self._signal: int | None = None
+        self._signal: int | None = None  # caught by this process
+        self._agreed_signal: int | None = None  # caught by some rank, known to all
 
     # -- state ----------------------------------------------------------------------------
 
@@ -201,6 +218,8 @@ class SVITrainer:
             When SIGINT or SIGTERM arrived; a checkpoint was written first.
         """
         self._start = time.perf_counter()
+        if self.world is not None:  # identical already when seeded alike; now certainly
+            distributed.broadcast_module(self.loss_fn)
         bar = tqdm(total=self.settings.epochs, initial=self.epoch, desc="fit", unit="epoch",
                    disable=not self.progress)
         with bar, self._signals_caught():
@@ -221,7 +240,10 @@ class SVITrainer:
         while self.position < len(self.order):
             self._stop_if_signalled()
             positions = self.order[self.position:self.position + size]
-            self.epoch_losses.append(self._step(self.batcher.batch(positions, beta)))
+            if self.world is None:
+                self.epoch_losses.append(self._step(self.batcher.batch(positions, beta)))
+            else:
+                self.epoch_losses.append(self._shard_step(positions, beta))
             self.position += len(positions)
 
     def _step(self, batch: Batch) -> float:
@@ -241,12 +263,53 @@ class SVITrainer:
                                    f"(epoch {self.epoch + 1}); try a smaller train.lr")
         return loss.item()
 
+    def _shard_step(self, positions: np.ndarray, beta: float) -> float:
+        """One data-parallel step on this rank's shard of the global batch ``positions``.
+
+        Returns the global batch's loss (the sum of the ranks' terms), as :meth:`_step`.
+        """
+        self.step += 1
+        self.optimizer.zero_grad()
+        loss, batch = distributed.shard_loss(self.loss_fn, self.batcher, positions, beta,
+                                             self.world)
+        mine = 0.0 if loss is None else loss.item()
+        if loss is not None and math.isfinite(mine):
+            loss.backward()
+        # the signal flags ride with the gradients: every rank learns of any signal at once
+        total, sigint, sigterm = distributed.all_reduce_gradients(
+            self.loss_fn.parameters(),
+            [mine, float(self._signal == signal.SIGINT), float(self._signal == signal.SIGTERM)])
+        if sigint or sigterm:
+            self._agreed_signal = signal.SIGINT if sigint else signal.SIGTERM
+        if not math.isfinite(total):
+            site = (_first_nonfinite_site(self.loss_fn, batch)
+                    if batch is not None and not math.isfinite(mine) else None)
+            raise TrainingDiverged(
+                f"the loss is {total} at step {self.step} (epoch {self.epoch + 1})"
+                f"{f', first at site {site!r}' if site else ''}; try a smaller train.lr")
+        self.optimizer.step()
+        bad = _first_nonfinite_parameter(self.loss_fn)
+        if bad is not None:
+            raise TrainingDiverged(f"{bad} is not finite after step {self.step} "
+                                   f"(epoch {self.epoch + 1}); try a smaller train.lr")
+        return total
+
+    def _validate(self) -> tuple[dict[str, float], float]:
+        """Validation scores and the training clock; rank 0's on every rank."""
+        scores: dict[str, float] = {}
+        if self.is_main:
+            self.loss_fn.eval()
+            scores = self.validate()
+            self.loss_fn.train()
+        seconds = self._seconds()
+        if self.world is not None:  # one early-stopping and time-limit decision for all
+            scores, seconds = distributed.broadcast_object((scores, seconds))
+        return scores, seconds
+
     def _end_epoch(self, bar) -> None:
         self.epoch += 1
         beta, losses = self._beta(self.epoch), self.epoch_losses
-        self.loss_fn.eval()
-        scores = self.validate()
-        self.loss_fn.train()
+        scores, seconds = self._validate()
         bad = [k for k, v in scores.items() if not math.isfinite(v)]
         if bad:  # finite loss and parameters, but the predictive overflowed
             raise TrainingDiverged(f"the validation {bad[0]} is {scores[bad[0]]} after epoch "
@@ -254,7 +317,7 @@ class SVITrainer:
         row = {"epoch": self.epoch, "kl_weight": beta, "lr": self.schedule.get_last_lr()[0],
                "loss": float(np.mean(losses)),
                "loss_per_rating": float(np.mean(losses)) / len(self.batcher.ratings),
-               "seconds": self._seconds(), **{f"val_{k}": v for k, v in scores.items()}}
+               "seconds": seconds, **{f"val_{k}": v for k, v in scores.items()}}
         self.result.history.append(row)
         self._track_best(beta, scores.get(self.settings.monitor))
         self.schedule.step()
@@ -327,13 +390,17 @@ class SVITrainer:
         self._signal = signum
 
     def _stop_if_signalled(self) -> None:
-        if self._signal is None:
+        # Data-parallel ranks act on the signal they all know of after the same step.
+        signum = self._signal if self.world is None else self._agreed_signal
+        if signum is None:
             return
         if self.checkpoint:
             self.checkpoint(self.state_dict())
-        name = signal.Signals(self._signal).name
+        if self.world is not None:  # no rank leaves while rank 0 is still writing
+            distributed.barrier()
+        name = signal.Signals(signum).name
         raise TrainingInterrupted(f"{name} at step {self.step} (epoch {self.epoch + 1})",
-                                  self._signal)
+                                  signum)
 
 
 def _as_tuple(state):

@@ -1,0 +1,274 @@
+"""Data-parallel SVI over ``torch.distributed``: shards, shared noise and the collectives.
+
+Launched with ``torchrun``, every process (rank) runs the same program on the same
+data: it reads the rating files itself, makes the same split and validation carve from
+the seed, and draws the same permutation, so at every step all ranks know the same
+*global* minibatch ``b`` of ``B`` ratings. Rank ``k`` scores only its shard ``b_k``, a
+contiguous part of about ``B / W`` of those ratings (``W`` ranks); the gradients of
+all parameters are then summed across ranks, so every rank takes the same Adam step
+and the parameters stay identical. Only :mod:`deepfactor.train` and
+:mod:`deepfactor.fitting` call this module; the model and the guide never see it.
+
+Why the summed gradient is exactly the single-process gradient
+    Write ``L(b)`` for the minibatch loss of :mod:`deepfactor.batching`: the likelihood
+    of each rating of ``b`` scaled by ``N / |b|``, and the KL terms of each entity ``i``
+    of ``b`` weighted by ``c_i(b) N / (|b| n_i)``. Rank ``k`` computes
+
+    .. math::  \\ell_k = \\frac{B_k}{B} L(b_k), \\qquad B_k = |b_k|,
+
+    which puts ``N / B`` on each of its ratings and ``c_i(b_k) N / (B n_i)`` on each of
+    its entities. The shards partition ``b``, so ``sum_k c_i(b_k) = c_i(b)`` and
+    ``sum_k ell_k`` has every term of ``L(b)`` with its single-process weight: the
+    per-rank loss is the single-process estimator restricted to the shard, and the
+    gradients must be **summed** (not averaged) across ranks. This holds only if each
+    latent ``z_i = loc_i + eps_i * scale_i`` takes the same value on every rank that
+    touches entity ``i``, and the value the single process would draw; otherwise an
+    entity shared by two shards would get two draws, and the sum would be a different
+    (still unbiased, but not equal) estimator.
+
+Shared noise
+    One process draws, inside the guide, ``eps`` of shape ``(num_batch_movies, D)`` from
+    torch's global generator for ``z_movie`` (``Normal.rsample``), then the users'. With
+    :class:`SharedNoise` every rank makes the very same call, for the global batch's
+    movies and users, at the same point, and keeps the rows of its own entities. All
+    ranks are seeded alike and consume the generator alike (validation uses its own
+    seeded generator), so the draws match the single process's bit for bit, and
+    ``sum_k ell_k`` equals ``L(b)`` up to the order of floating-point sums. A test
+    checks 2 ranks against 1 process to 1e-5, and the ranks against each other exactly.
+
+Decisions taken once for all ranks
+    Rank 0 validates and its scores and clock are broadcast, so early stopping and the
+    time limit stop every rank after the same epoch; a SIGINT/SIGTERM flag travels with
+    the gradients, so all ranks stop after the same step; only rank 0 writes checkpoints
+    and the run directory.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pyro.poutine.messenger import Messenger
+
+__all__ = ["World", "current_world", "init_from_environment", "init_loopback",
+           "free_loopback_port", "shutdown", "shard",
+           "SharedNoise", "shard_loss", "all_reduce_gradients", "broadcast_module",
+           "broadcast_object", "barrier", "communication_numbers"]
+
+#: The backend used: the package keeps every tensor on the CPU (see README, GPUs).
+BACKEND = "gloo"
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the ``size`` ranks of the process group."""
+
+    rank: int
+    size: int
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: validates, writes the run directory, shows progress."""
+        return self.rank == 0
+
+
+def current_world() -> World | None:
+    """The initialized process group as a :class:`World`; None for a single process."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return World(dist.get_rank(), dist.get_world_size())
+    return None
+
+
+def init_from_environment() -> World | None:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1), with gloo.
+
+    ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``;
+    without them (or with one process) nothing is initialized and None is returned.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    if not dist.is_initialized():
+        dist.init_process_group(backend=BACKEND)
+    return current_world()
+
+
+def init_loopback(rank: int, size: int, port: int) -> World:
+    """Join a group of ``size`` processes of this machine that listens on 127.0.0.1 only.
+
+    For tests and benchmarks. ``tcp://`` and ``env://`` initialization let the
+    rendezvous store listen on every interface; here rank 0 binds the store's socket to
+    loopback itself, and ``GLOO_SOCKET_IFNAME=lo`` keeps gloo's own sockets there (Linux).
+
+    Parameters
+    ----------
+    rank, size : int
+    port : int
+        A free port of 127.0.0.1, the same for every rank.
+    """
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    listen_fd = None
+    if rank == 0:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        listen_fd = listener.detach()  # the store owns the socket from now on
+    store = dist.TCPStore("127.0.0.1", port, size, rank == 0, master_listen_fd=listen_fd,
+                          timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group(BACKEND, store=store, rank=rank, world_size=size)
+    return World(rank, size)
+
+
+def free_loopback_port() -> int:
+    """A port of 127.0.0.1 free now (another process could take it before it is used)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def shutdown() -> None:
+    """Leave the process group, if one was joined."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(positions: np.ndarray, world: World) -> np.ndarray:
+    """This rank's contiguous part of the global batch ``positions`` (may be empty)."""
+    return np.array_split(positions, world.size)[world.rank]
+
+
+class SharedNoise(Messenger):
+    """Guide sites draw the global batch's standard-normal noise and keep their own rows.
+
+    For each named site the messenger draws ``eps`` of shape ``(num_global, *event)``
+    with the call ``Normal.rsample`` would make, and sets the site's value to
+    ``loc + eps[rows] * scale``: reparameterized, so gradients flow through ``loc`` and
+    ``scale`` as with ``rsample``. Sites whose value is already set (the model's
+    latents, replayed from the guide) and other sites are left alone.
+
+    Parameters
+    ----------
+    sites : dict of str to (int, LongTensor)
+        For each site name, ``num_global`` (entities of the global batch) and ``rows``,
+        shape ``(num_local,)``: the position of each of the site's entities among them.
+    """
+
+    def __init__(self, sites: dict[str, tuple[int, torch.Tensor]]):
+        super().__init__()
+        self.sites = sites
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["name"] not in self.sites or msg["is_observed"] or msg["value"] is not None:
+            return
+        normal = msg["fn"]
+        while hasattr(normal, "base_dist"):  # Independent (to_event) and Expanded wrappers
+            normal = normal.base_dist
+        if not isinstance(normal, torch.distributions.Normal):
+            raise NotImplementedError(f"shared noise needs a Normal at site {msg['name']!r}, "
+                                      f"not {type(normal).__name__}")
+        num_global, rows = self.sites[msg["name"]]
+        eps = torch.empty((num_global, *msg["fn"].event_shape), dtype=normal.loc.dtype,
+                          device=normal.loc.device).normal_()  # as Normal.rsample draws
+        msg["value"] = normal.loc + eps[rows] * normal.scale  # (num_local, latent_dim)
+
+
+def _noise_for(batch, movies: np.ndarray, users: np.ndarray) -> SharedNoise:
+    def rows(of_global: np.ndarray, local: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.searchsorted(of_global, local.numpy()))
+
+    return SharedNoise({"z_movie": (len(movies), rows(movies, batch.movies)),
+                        "z_user": (len(users), rows(users, batch.users))})
+
+
+def shard_loss(loss_fn: torch.nn.Module, batcher, positions: np.ndarray, kl_weight: float,
+               world: World):
+    """This rank's term ``(B_k / B) L(b_k)`` of the global batch's loss (module docstring).
+
+    Parameters
+    ----------
+    loss_fn : ELBOModule
+    batcher : RatingBatcher
+    positions : ndarray of int, shape (B,)
+        The global batch, the same on every rank.
+    kl_weight : float
+    world : World
+
+    Returns
+    -------
+    loss : Tensor, shape (), or None
+        None when the shard is empty (a global batch smaller than the world); the
+        global batch's noise is drawn all the same, to keep the generators in step.
+    batch : Batch or None
+        The shard's batch.
+    """
+    ratings = batcher.ratings
+    movies, users = np.unique(ratings.movie[positions]), np.unique(ratings.user[positions])
+    mine = shard(positions, world)
+    if len(mine) == 0:
+        every = batcher.batch(positions, kl_weight)
+        with torch.no_grad(), _noise_for(every, movies, users):
+            loss_fn.guide(every)
+        return None, None
+    batch = batcher.batch(mine, kl_weight)
+    with _noise_for(batch, movies, users):
+        loss = loss_fn(batch)
+    return loss * (len(mine) / len(positions)), batch
+
+
+def all_reduce_gradients(parameters, extras: list[float]) -> list[float]:
+    """Sum every parameter's gradient, and ``extras``, over the ranks, in one call.
+
+    A parameter without a gradient counts as zeros (and gets them). The buffer holds
+    ``sum(p.numel()) + len(extras)`` numbers of the parameters' dtype: that is the
+    communication volume per step. Returns the summed ``extras``.
+    """
+    parameters = [p for p in parameters if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+    dtype = grads[0].dtype
+    flat = torch.cat([g.reshape(-1) for g in grads]
+                     + [torch.tensor(extras, dtype=dtype)])  # (num_parameters + extras,)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    start = 0
+    for p in parameters:
+        chunk = flat[start:start + p.numel()].view_as(p)
+        if p.grad is None:
+            p.grad = chunk.clone()
+        else:
+            p.grad.copy_(chunk)
+        start += p.numel()
+    return flat[start:].tolist()
+
+
+def communication_numbers(module: torch.nn.Module, num_extras: int = 3) -> int:
+    """Numbers all-reduced per step by :func:`all_reduce_gradients` for ``module``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad) + num_extras
+
+
+@torch.no_grad()
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Overwrite every parameter and buffer with rank 0's (one broadcast)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    if not tensors:
+        return
+    flat = torch.cat([t.reshape(-1).to(tensors[0].dtype) for t in tensors])
+    dist.broadcast(flat, src=0)
+    start = 0
+    for t in tensors:
+        t.copy_(flat[start:start + t.numel()].view_as(t))
+        start += t.numel()
+
+
+def broadcast_object(value):
+    """Rank 0's ``value`` on every rank (pickled: small, trusted, in-process objects)."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    dist.barrier()
