@@ -97,12 +97,12 @@ def save_figure(fig, folder: Path, name: str) -> Path:
     return path
 
 
-def save_table(frame: pd.DataFrame, folder: Path, stem: str) -> None:
-    """Write ``frame`` as ``stem.csv`` and ``stem.md`` and print the markdown."""
+def save_table(frame: pd.DataFrame, folder: Path, stem: str, show: bool = True) -> None:
+    """Write ``frame`` as ``stem.csv`` and ``stem.md``; print the markdown if ``show``."""
     write_text(folder / f"{stem}.csv", frame.to_csv(index=False))
     markdown = markdown_table(frame)
     write_text(folder / f"{stem}.md", markdown + "\n")
-    print(markdown)
+    print(markdown if show else f"wrote {folder / stem}.csv")
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
