@@ -110,7 +110,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
     def cell(value) -> str:
         if isinstance(value, (float, np.floating)):
             return "" if np.isnan(value) else f"{value:.4f}"
-        return str(value)
+        return str(value).replace("|", "\\|")
 
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |",
              "|" + "---|" * len(frame.columns)]
@@ -121,6 +121,28 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 def quiet_logs() -> None:
     logging.basicConfig(level=logging.WARNING)
+
+
+def active_dimensions(fitted, at_least: int = 1) -> np.ndarray:
+    """Latent dimensions active for both movies and users (KL above 0.01 nats).
+
+    Topped up with the dimensions of largest movie KL to ``at_least`` when fewer are
+    active (a projection needs two).
+    """
+    from deepfactor.check_report import latent_collapse
+
+    train = fitted.encoder_ratings
+    d = fitted.config["model.latent_dim"]
+    c = latent_collapse(fitted.posterior, train.movie_counts(), train.user_counts(), d,
+                        warn=False)
+    kl_movie, kl_user = np.asarray(c["kl_movie"][:d]), np.asarray(c["kl_user"][:d])
+    on = list(np.flatnonzero((kl_movie > c["threshold_nats"]) & (kl_user > c["threshold_nats"])))
+    for k in np.argsort(-kl_movie):
+        if len(on) >= at_least:
+            break
+        if k not in on:
+            on.append(int(k))
+    return np.sort(np.asarray(on, dtype=int))
 
 
 def binned_medians(x: np.ndarray, y: np.ndarray, edges: np.ndarray) -> pd.DataFrame:
