@@ -42,7 +42,6 @@ import time  # noqa: E402
 
 import _common  # noqa: E402  (sets the Agg backend and OMP policy first)
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from deepfactor.fitting import load_data, with_targets  # noqa: E402
@@ -117,9 +116,12 @@ def main() -> None:
     _common.quiet_logs()
     out = _common.out_dir(args)
     start = time.perf_counter()
-    per_split = pd.DataFrame([row for split in args.splits for row in one_split(split, args)])
+    rows = []
+    for split in args.splits:  # written after each split, so a stopped run keeps its part
+        rows += one_split(split, args)
+        per_split = pd.DataFrame(rows)
+        _common.save_table(per_split, out, "per_split", show=False)
     total = time.perf_counter() - start
-    _common.save_table(per_split, out, "per_split", show=False)
     summary = summarize(per_split)
     _common.save_figure(figure(summary), out, "baselines.png")
     _common.save_table(summary, out, "summary")

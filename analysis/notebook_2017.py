@@ -1,4 +1,4 @@
-"""The 2017 notebook's three experiments, with what it lacked: held-out metrics, uncertainty, the leak.
+"""The 2017 notebook's three experiments, plus held-out metrics, uncertainty and the leak.
 
 Question
     Normal, Poisson and Bernoulli likelihoods on MovieLens 100K: how well does each

@@ -7,8 +7,8 @@ Question
     of each user (and movie):
     * the posterior sd of the user's latent, averaged over the active dimensions;
     * the posterior predictive sd of that user's held-out ratings, and the sd of the
-      predicted mean ``E[r | eta]`` alone (labelled "sd of the predicted mean") (the part that is posterior uncertainty,
-      without the observation noise);
+      predicted mean ``E[r | eta]`` alone, labelled "sd of the predicted mean" (the
+      part that is posterior uncertainty, without the observation noise);
     * the same predictive sds against the movie's number of ratings.
 Data and split
     MovieLens 100K u1.base / u1.test (``--split``); ``--quick``: the built-in synthetic
