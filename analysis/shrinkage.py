@@ -45,7 +45,7 @@ from scipy.stats import spearmanr  # noqa: E402
 from deepfactor.fitting import load_data  # noqa: E402
 from deepfactor.predict import chunks, draw_eta  # noqa: E402
 
-EDGES = np.array([0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1e9])
+EDGES = np.array([0, 1, 2, 5, 10, 20, 50, 100, 200, 500, np.inf])
 
 
 @torch.no_grad()
