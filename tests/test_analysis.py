@@ -5,6 +5,8 @@ Each script declares the arguments of its quick run at module level::
     QUICK_ARGS = ["--quick"]
 
 so that a new script brings its own test entry, and a script without one fails here.
+Modules whose name starts with ``_`` (``analysis/_common.py``) are helpers the scripts
+import, not scripts.
 """
 
 import ast
@@ -15,7 +17,7 @@ import pytest
 
 from conftest import REPO
 
-SCRIPTS = sorted((REPO / "analysis").glob("*.py"))
+SCRIPTS = sorted(p for p in (REPO / "analysis").glob("*.py") if not p.name.startswith("_"))
 
 
 def quick_args(path):
@@ -41,3 +43,8 @@ def test_script_runs_in_quick_mode(script, tmp_path):
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip(), "a script prints its results"
+    # scripts write only under their --out folder, which the quick runs put in tmp_path
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    if "--out" in (quick_args(script) or []):
+        out = tmp_path / quick_args(script)[quick_args(script).index("--out") + 1]
+        assert written and all(out in p.parents for p in written), written

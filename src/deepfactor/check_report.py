@@ -38,7 +38,7 @@ from .predict import Posterior
 
 __all__ = ["PosteriorCollapseWarning", "CheckReport", "latent_collapse",
            "posterior_checks", "prior_checks", "write_report", "check_run", "check_prior",
-           "BLOCK_MOVIES", "BLOCK_USERS"]
+           "completion_block", "BLOCK_MOVIES", "BLOCK_USERS"]
 
 log = logging.getLogger(__name__)
 
@@ -490,24 +490,51 @@ def latent_collapse(posterior: Posterior, movie_counts: np.ndarray, user_counts:
     return out
 
 
-def _completion(report: CheckReport, fitted, test: Ratings, test_y: np.ndarray,
-                num_samples: int, seed: int) -> None:
+def completion_block(fitted, test: Ratings, test_y: np.ndarray, *, num_samples: int,
+                     seed: int) -> dict | None:
+    """The 2017 notebook's block (:data:`BLOCK_MOVIES` x :data:`BLOCK_USERS`), completed.
+
+    Parameters
+    ----------
+    fitted : FittedModel
+    test : Ratings
+        Held-out ratings on ``fitted``'s id maps; ``test_y`` their targets, shape
+        ``(len(test),)``.
+    num_samples, seed : int
+        Posterior draws for the predictive mean and sd, and their seed.
+
+    Returns
+    -------
+    dict or None
+        ``movies``, ``users`` (raw ids of the rows and columns present in the data),
+        ``observed`` (NaN where unrated), ``heldout`` (bool), ``mean``, ``sd``, each of
+        shape ``(len(movies), len(users))``; None when the data has none of the block.
+    """
     movies = [m for m in BLOCK_MOVIES if m in fitted.movie_ids]
     users = [u for u in BLOCK_USERS if u in fitted.user_ids]
     if not movies or not users:
-        log.info("no movie 4-20 or user 6-16 in this data: the 2017 figure is skipped")
-        return
+        return None
     movie_index = fitted.movie_ids.index_of(movies)
     user_index = fitted.user_ids.index_of(users)
     cells_m = np.repeat(movie_index, len(users))  # (block movies * block users,)
     cells_u = np.tile(user_index, len(movies))
     out = fitted.summaries(cells_m, cells_u, num_samples=num_samples, seed=seed)
     shape = (len(movies), len(users))
-
     observed, heldout = _observed_block(fitted.encoder_ratings, test, test_y, movie_index,
                                         user_index)
-    fig = _plots().plot_completion(observed, out["mean"].reshape(shape),
-                                   out["sd"].reshape(shape), movies, users,
+    return {"movies": movies, "users": users, "observed": observed, "heldout": heldout,
+            "mean": out["mean"].reshape(shape), "sd": out["sd"].reshape(shape)}
+
+
+def _completion(report: CheckReport, fitted, test: Ratings, test_y: np.ndarray,
+                num_samples: int, seed: int) -> None:
+    block = completion_block(fitted, test, test_y, num_samples=num_samples, seed=seed)
+    if block is None:
+        log.info("no movie 4-20 or user 6-16 in this data: the 2017 figure is skipped")
+        return
+    movies, users, observed = block["movies"], block["users"], block["observed"]
+    heldout, sd = block["heldout"], block["sd"].ravel()
+    fig = _plots().plot_completion(observed, block["mean"], block["sd"], movies, users,
                                    heldout=heldout,
                                    title=f"Movies {movies[0]}-{movies[-1]} x users "
                                          f"{users[0]}-{users[-1]} ({fitted.likelihood} "
@@ -515,8 +542,8 @@ def _completion(report: CheckReport, fitted, test: Ratings, test_y: np.ndarray,
     seen = np.isfinite(observed)
     report.add("The 2017 figure", "completion.png", fig,
                f"{int(seen.sum())} of {seen.size} cells observed ({int(heldout.sum())} held "
-               f"out, dotted); predictive sd {np.mean(out['sd'][seen.ravel()]):.2f} on "
-               f"observed cells, {np.mean(out['sd'][~seen.ravel()]):.2f} on the others."
+               f"out, dotted); predictive sd {np.mean(sd[seen.ravel()]):.2f} on "
+               f"observed cells, {np.mean(sd[~seen.ravel()]):.2f} on the others."
                if seen.any() and (~seen).any() else
                f"{int(seen.sum())} of {seen.size} cells observed.")
 

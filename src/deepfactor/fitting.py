@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,7 +88,8 @@ def load_data(config: Config, data_dir: str | os.PathLike | None = None) -> Spli
 def fit(config: Config, *, data: SplitData | None = None,
         data_dir: str | os.PathLike | None = None, progress: bool = True,
         checkpoint_path: str | os.PathLike | None = None,
-        resume: dict | None = None) -> FittedModel:
+        resume: dict | None = None,
+        record: Callable[..., dict[str, float]] | None = None) -> FittedModel:
     """Fit the model of ``config`` on its training split and score its test split.
 
     Parameters
@@ -105,6 +107,9 @@ def fit(config: Config, *, data: SplitData | None = None,
     resume : dict, optional
         A training state read from such a checkpoint (:func:`read_training_checkpoint`);
         training continues from it and ends as an uninterrupted run would.
+    record : callable, optional
+        ``record(model, guide, batcher)`` after each epoch; the numbers it returns join
+        that epoch's row of ``history`` (e.g. :func:`deepfactor.elbo_parts.elbo_recorder`).
 
     Returns
     -------
@@ -168,7 +173,8 @@ def fit(config: Config, *, data: SplitData | None = None,
     world = current_world()
     trainer = SVITrainer(loss_fn, batcher, validate, TrainSettings.from_config(config),
                          checkpoint=checkpoint if checkpoint_path else None, progress=progress,
-                         world=world)
+                         world=world,
+                         record=(lambda: record(model, guide, batcher)) if record else None)
     if resume is not None:
         trainer.load_state_dict(resume)
     result = trainer.run()

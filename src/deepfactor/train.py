@@ -144,18 +144,24 @@ class SVITrainer:
         Show a tqdm bar (epochs, running loss per rating, validation score).
     world : World, optional
         Train data-parallel with these ranks (the process group is initialized);
-        ``validate``, ``checkpoint`` and the bar are then used on rank 0 only.
+        ``validate``, ``checkpoint``, ``record`` and the bar are then used on rank 0 only.
+    record : callable, optional
+        Called after each epoch (in eval mode, without gradients); the numbers it
+        returns are added to that epoch's history row under their own names (the
+        analysis scripts record the ELBO's parts this way). Not saved in checkpoints.
     """
 
     def __init__(self, loss_fn: torch.nn.Module, batcher: RatingBatcher,
                  validate: Callable[[], dict[str, float]], settings: TrainSettings,
                  checkpoint: Callable[[dict], None] | None = None, progress: bool = True,
-                 world: World | None = None):
+                 world: World | None = None,
+                 record: Callable[[], dict[str, float]] | None = None):
         self.loss_fn, self.batcher, self.validate = loss_fn, batcher, validate
         self.settings, self.world = settings, world
         self.is_main = world is None or world.is_main
         self.checkpoint = checkpoint if self.is_main else None
         self.progress = progress and self.is_main
+        self.record = record if self.is_main else None
         s = settings
         # fused: one kernel for all parameters; 3 ms instead of 10 ms per step here
         self.optimizer = torch.optim.Adam(loss_fn.parameters(), lr=s.lr, fused=True)
@@ -310,6 +316,7 @@ class SVITrainer:
         self.epoch += 1
         beta, losses = self._beta(self.epoch), self.epoch_losses
         scores, seconds = self._validate()
+        recorded = self._record()
         bad = [k for k, v in scores.items() if not math.isfinite(v)]
         if bad:  # finite loss and parameters, but the predictive overflowed
             raise TrainingDiverged(f"the validation {bad[0]} is {scores[bad[0]]} after epoch "
@@ -317,7 +324,8 @@ class SVITrainer:
         row = {"epoch": self.epoch, "kl_weight": beta, "lr": self.schedule.get_last_lr()[0],
                "loss": float(np.mean(losses)),
                "loss_per_rating": float(np.mean(losses)) / len(self.batcher.ratings),
-               "seconds": seconds, **{f"val_{k}": v for k, v in scores.items()}}
+               "seconds": seconds, **{f"val_{k}": v for k, v in scores.items()},
+               **recorded}
         self.result.history.append(row)
         self._track_best(beta, scores.get(self.settings.monitor))
         self.schedule.step()
@@ -332,6 +340,16 @@ class SVITrainer:
         every = self.settings.checkpoint_every
         if self.checkpoint and (self.result.stop_reason or (every and self.epoch % every == 0)):
             self.checkpoint(self.state_dict())
+
+    def _record(self) -> dict[str, float]:
+        if self.record is None:
+            return {}
+        self.loss_fn.eval()
+        try:
+            with torch.no_grad():
+                return dict(self.record())
+        finally:
+            self.loss_fn.train()
 
     def _track_best(self, beta: float, score: float | None) -> None:
         if beta < 1.0:
