@@ -51,4 +51,4 @@ def test_link_points_at_existing_lines_holding_the_quoted_code(text, path, ancho
         if re.fullmatch(r"[A-Za-z_][\w.]*", code):
             code = code.split(".")[-1]
         assert code in "\n".join(lines[first - 1:last]), \
-            f"{path}#{anchor} no longer holds {code!r}: update the line number"
+            f"{path}#{anchor} no longer holds {code!r}: run python tools/relink_tutorial.py"
