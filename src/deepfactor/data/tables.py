@@ -231,21 +231,20 @@ def _first_bad_line(path: Path, layout: _Layout, header: bool, encoding: str,
                     source: str) -> DataFormatError | None:
     """Scan ``path`` line by line; the error for its first bad line, or None."""
     sep = layout.parser_sep * layout.stride
-    number = 0
-    try:
-        with open(path, encoding=encoding, newline="") as f:
-            for number, text in enumerate(f, start=1):
-                text = text.rstrip("\r\n")
-                if number == 1:
-                    text = text.removeprefix("\ufeff")
-                if (header and number == 1) or _blank_text(text, sep):
-                    continue
-                why = _line_problem(text, layout, sep)
-                if why is not None:
-                        return DataFormatError(f"{source}:{number}: {why}")
-    except UnicodeDecodeError as err:
-        return DataFormatError(f"{source}:{number + 1}: not valid {encoding} text "
-                               f"(byte 0x{err.object[err.start]:02x})")
+    with open(path, "rb") as f:  # bytes, decoded per line, so a bad byte has its line
+        for number, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode(encoding).rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                return DataFormatError(f"{source}:{number}: not valid {encoding} text "
+                                       f"(byte 0x{raw[err.start]:02x})")
+            if number == 1:
+                text = text.removeprefix("\ufeff")
+            if (header and number == 1) or _blank_text(text, sep):
+                continue
+            why = _line_problem(text, layout, sep)
+            if why is not None:
+                return DataFormatError(f"{source}:{number}: {why}")
     return None
 
 
