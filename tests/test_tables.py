@@ -70,6 +70,28 @@ def test_line_numbers_skip_blank_lines_crlf_and_bom(tmp_path):
     np.testing.assert_array_equal(ratings.rating, [4.0, 5.0, 1.0])
 
 
+@pytest.mark.parametrize("block_bytes", [1, 2, 5, 13, 1 << 26])
+@pytest.mark.parametrize("seed", range(4))
+def test_line_numbers_agree_with_a_line_by_line_count(tmp_path, monkeypatch, block_bytes,
+                                                      seed):
+    """Blank lines anywhere, across scan blocks of any size: the numbers are the lines'."""
+    from deepfactor.data import tables
+
+    monkeypatch.setattr(tables, "_SCAN_BYTES", block_bytes)
+    rng = np.random.default_rng(seed)
+    lines = [HEADER.strip()]
+    blank_share = 0.3 if seed < 2 else 0.0  # seeds 2, 3: no blank line, the quick path
+    for k in range(40):
+        lines.append(str(rng.choice(["", " ", "\t", " \r"])) if rng.random() < blank_share
+                     else f"{k},{k % 7},{1 + k % 5},{k}")
+    text = "\n".join(lines) + ("\n" if seed % 2 else "")
+    path = write(tmp_path / "ratings.csv", text)
+    expected = [n for n, line in enumerate(text.split("\n"), start=1)
+                if n > 1 and line.strip(" \t\r")]
+
+    np.testing.assert_array_equal(read_csv(path).line, expected)
+
+
 def test_generic_file_with_column_mapping_and_skipped_fields(tmp_path):
     path = write(tmp_path / "log.tsv", "10\tx\tu1\t2.5\n20\ty\tu2\t4\n")
     ratings = read_rating_table(path, sep="\t", columns=["movie", "note", "user", "rating"])

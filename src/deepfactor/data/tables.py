@@ -150,10 +150,16 @@ def _line_numbers(path: Path, header: bool, num_rows: int, sep: str,
     """1-based line of each row pandas read, shape ``(num_rows,)``, int64.
 
     pandas skips blank lines (empty, or only spaces, tabs and ``\\r`` that are not
-    the separator). The bytes are scanned in blocks for newlines; only a line that
-    starts with a blank byte is looked at further, so a file of ratings costs one
-    comparison per byte.
+    the separator). When a substring search finds no possible blank line, rows are
+    lines. Otherwise the bytes are scanned in blocks for newlines, and only a line
+    that starts with a blank byte is looked at further.
     """
+    first = 2 if header else 1  # pandas skips physical line 1 for a header, blank or not
+    num_lines = _lines_if_none_blank(path, sep)
+    if num_lines is not None:  # the common case: no blank line, rows are lines
+        if num_lines - first + 1 != num_rows:
+            raise _row_count_error(source, num_lines - first + 1, num_rows)
+        return np.arange(first, first + num_rows, dtype=np.int64)
     fills = np.ones(256, dtype=bool)  # fills[b]: byte b makes a line non-blank
     fills[[b for b in _BLANK_BYTES if chr(b) not in sep]] = False
     fills[10] = False
@@ -182,7 +188,6 @@ def _line_numbers(path: Path, header: bool, num_rows: int, sep: str,
             blank_parts.append(np.array([num_lines]))
 
     blank = np.concatenate(blank_parts) if blank_parts else np.zeros(0, np.int64)
-    first = 2 if header else 1  # pandas skips physical line 1 for a header, blank or not
     if len(blank):
         keep = np.ones(num_lines + 1, dtype=bool)  # keep[n]: line n holds a row
         keep[blank] = False
@@ -191,10 +196,32 @@ def _line_numbers(path: Path, header: bool, num_rows: int, sep: str,
     else:
         numbers = np.arange(first, num_lines + 1, dtype=np.int64)
     if len(numbers) != num_rows:
-        raise DataFormatError(f"{source}: {len(numbers)} non-blank lines but the parser "
-                              f"read {num_rows} rows (a stray quote or a lone \\r line "
-                              "break?)")
+        raise _row_count_error(source, len(numbers), num_rows)
     return numbers
+
+
+def _row_count_error(source: str, num_lines: int, num_rows: int) -> DataFormatError:
+    return DataFormatError(f"{source}: {num_lines} non-blank lines but the parser read "
+                           f"{num_rows} rows (a lone \\r line break?)")
+
+
+def _lines_if_none_blank(path: Path, sep: str) -> int | None:
+    """The number of lines when none can be blank, else None; a substring search.
+
+    A blank line shows as a newline followed by a newline or a blank byte (line 1 is
+    checked as if a newline preceded it). A file that does not end in a newline is left
+    to the full scan.
+    """
+    blanks = [b for b in (b" ", b"\t", b"\r") if b.decode() not in sep]
+    last, count = b"\n", 0
+    with open(path, "rb") as f:
+        while block := f.read(_SCAN_BYTES):
+            data = last + block
+            if b"\n\n" in data or any(b"\n" + b in data for b in blanks):
+                return None
+            count += block.count(b"\n")
+            last = block[-1:]
+    return count if last == b"\n" else None
 
 
 # ----------------------------------------------------------------- locating errors
