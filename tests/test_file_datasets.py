@@ -160,9 +160,16 @@ def test_fit_a_ratings_dat_folder_in_process(tmp_path):
                              ratings_rows(stars=np.arange(1, 6.0)))
     config = config_for(**{"data.dataset": "ml-1m", "data.path": str(folder),
                            "model.likelihood": "poisson", "train.epochs": 1})
+    (folder / "movies.dat").write_bytes("1::Toy Story (1995)::Animation\n"
+                                        "8::Star Wars: Episode IV (1977)::Action\n"
+                                        .encode("latin-1"))
     fitted = fit(config, progress=False)
     assert fitted.metrics["fit"]["epochs"] == 1
     assert fitted.metrics["test"]["num_ratings"] == round(0.2 * 240)
+
+    from deepfactor.recommend import movie_titles
+    assert movie_titles(fitted) == {"1": "Toy Story (1995)",
+                                    "8": "Star Wars: Episode IV (1977)"}
 
 
 def test_titles_of_each_layout_for_recommend(tmp_path):
