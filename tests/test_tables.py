@@ -122,6 +122,15 @@ def test_string_ids_are_exact_tokens_stripped(tmp_path):
     assert ratings.movie_ids.raw == ["tt0111161", "tt0068646"]
 
 
+def test_text_ids_after_many_integer_lines(tmp_path):
+    """The first lines suggest integer ids; a later text id still reads, as text."""
+    rows = "".join(f"{k},{k % 9},3,0\n" for k in range(1500))
+    path = write(tmp_path / "r.csv", rows + "guest-1,3,4,0\n")
+    ratings = read_rating_table(path)
+    assert len(ratings) == 1501 and ratings.user_ids.raw[-1] == "guest-1"
+    assert ratings.user_ids.raw[:3] == ["0", "1", "2"]
+
+
 def test_memory_does_not_grow_with_the_largest_id(tmp_path):
     """Peak traced memory with ids up to 2**62 is that of ids up to 100."""
     def peak(scale: int) -> int:

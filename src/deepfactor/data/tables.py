@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,7 +46,6 @@ from deepfactor.data.readers import (
     DataFormatError,
     _handle_duplicates,
     _is_integer,
-    _is_number,
     _separator_name,
 )
 
@@ -131,15 +131,48 @@ def _parse(path: Path, layout: _Layout, header: bool, encoding: str,
 
 def _read_frame(path: Path, layout: _Layout, header: bool, encoding: str,
                 source: str) -> pd.DataFrame:
-    """Integer ids if they parse as such, else text ids; a bad file is located."""
-    problem = None
-    for ids_as_text in (False, True):
+    """Integer ids if the first lines have them, else text ids; a bad file is located.
+
+    When parsing fails, the line-by-line scan runs at once: it names the bad line of
+    a malformed file. Only a file it finds no fault in (integer ids at first, text
+    further on) is parsed again with text ids.
+    """
+    ids_as_text = not _ids_look_integer(path, layout, header, encoding)
+    try:
+        return _parse(path, layout, header, encoding, ids_as_text)
+    except (ValueError, OverflowError, pd.errors.ParserError) as err:
+        # UnicodeDecodeError is a ValueError; pandas.errors.EmptyDataError too
+        problem = err
+    located = _first_bad_line(path, layout, header, encoding, source)
+    if located is not None:
+        raise located
+    if not ids_as_text:
         try:
-            return _parse(path, layout, header, encoding, ids_as_text)
+            return _parse(path, layout, header, encoding, ids_as_text=True)
         except (ValueError, OverflowError, pd.errors.ParserError) as err:
-            # UnicodeDecodeError is a ValueError; pandas.errors.EmptyDataError too
             problem = err
-    raise _located(path, layout, header, encoding, source, problem)
+    raise _unreadable(path, layout, source, problem)
+
+
+def _ids_look_integer(path: Path, layout: _Layout, header: bool, encoding: str,
+                      num_lines: int = 1000) -> bool:
+    """Whether the ids on the first ``num_lines`` lines are all int64 integers."""
+    sep = layout.parser_sep * layout.stride
+    blanks = _blank_chars(sep) + "\n"
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if number > num_lines:
+                break
+            text = raw.decode(encoding, errors="replace")
+            if (header and number == 1) or not text.strip(blanks):
+                continue
+            fields = text.split(sep)
+            for role in ("user", "movie"):
+                token = fields[layout.positions[role]].strip() if (
+                    len(fields) > layout.positions[role]) else ""
+                if not _is_integer(token) or not -(2**63) <= int(token) < 2**63:
+                    return False
+    return True
 
 
 # ------------------------------------------------------------------ line numbers
@@ -241,10 +274,11 @@ def _line_problem(text: str, layout: _Layout, sep: str) -> str | None:
         if not fields[layout.positions[role]].strip():
             return f"empty {role} id"
     rating = fields[layout.positions["rating"]].strip()
-    if not _is_number(rating):
+    try:
+        if not math.isfinite(float(rating)):
+            return f"rating {rating!r} is not finite"
+    except ValueError:
         return f"rating {rating!r} is not a number"
-    if not np.isfinite(float(rating)):
-        return f"rating {rating!r} is not finite"
     if "timestamp" in layout.positions:
         stamp = fields[layout.positions["timestamp"]].strip()
         if not _is_integer(stamp):
@@ -258,6 +292,7 @@ def _first_bad_line(path: Path, layout: _Layout, header: bool, encoding: str,
                     source: str) -> DataFormatError | None:
     """Scan ``path`` line by line; the error for its first bad line, or None."""
     sep = layout.parser_sep * layout.stride
+    blanks = _blank_chars(sep)
     with open(path, "rb") as f:  # bytes, decoded per line, so a bad byte has its line
         for number, raw in enumerate(f, start=1):
             try:
@@ -267,7 +302,7 @@ def _first_bad_line(path: Path, layout: _Layout, header: bool, encoding: str,
                                        f"(byte 0x{raw[err.start]:02x})")
             if number == 1:
                 text = text.removeprefix("\ufeff")
-            if (header and number == 1) or _blank_text(text, sep):
+            if (header and number == 1) or not text.strip(blanks):
                 continue
             why = _line_problem(text, layout, sep)
             if why is not None:
@@ -275,17 +310,14 @@ def _first_bad_line(path: Path, layout: _Layout, header: bool, encoding: str,
     return None
 
 
-def _blank_text(text: str, sep: str) -> bool:
-    """Whether pandas skips this line as blank: only spaces, tabs and ``\\r``."""
-    return not text.strip("".join(c for c in " \t\r" if c not in sep))
+def _blank_chars(sep: str) -> str:
+    """What a line pandas skips as blank may hold: spaces, tabs, ``\\r`` not in ``sep``."""
+    return "".join(c for c in " \t\r" if c not in sep)
 
 
-def _located(path: Path, layout: _Layout, header: bool, encoding: str, source: str,
-             problem: BaseException | None) -> DataFormatError:
-    """The error for a file pandas refused: its first bad line, else pandas' reason."""
-    located = _first_bad_line(path, layout, header, encoding, source)
-    if located is not None:
-        return located
+def _unreadable(path: Path, layout: _Layout, source: str,
+                problem: BaseException | None) -> DataFormatError:
+    """The error for a file pandas refused though no line is at fault: pandas' reason."""
     if isinstance(problem, pd.errors.EmptyDataError) or not path.stat().st_size:
         return DataFormatError(f"{source}: no ratings (the file is empty or blank)")
     reason = " ".join(str(problem).split()) if problem else "unreadable"
