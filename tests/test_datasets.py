@@ -337,3 +337,53 @@ def test_explicit_path_without_the_files_is_an_error_not_a_fallback(tmp_path, mo
     monkeypatch.setenv("DEEPFACTOR_DATA", str(tmp_path / "good"))
     with pytest.raises(DatasetNotFoundError, match="given path"):
         resolve_dataset("ml-100k", tmp_path / "typo", download=False)
+
+
+# ------------------------------------------------------- the larger MovieLens releases
+
+#: The MD5 sums GroupLens publishes beside each archive, as the registry must hold them.
+PUBLISHED_MD5 = {
+    "ml-1m": "c4d9eecfca2ab87c1945afe126590906",
+    "ml-10m": "ce571fd55effeba0271552578f2648bd",
+    "ml-20m": "cd245b17a1ae2cc31bb14903e1204af3",
+    "ml-25m": "6b51fb2759a8657d3bfcbfc42b592ada",
+}
+
+
+@pytest.mark.parametrize("name, marker", [
+    ("ml-1m", "ratings.dat"), ("ml-10m", "ratings.dat"), ("ml-20m", "ratings.csv"),
+    ("ml-25m", "ratings.csv"), ("ml-latest-small", "ratings.csv"),
+])
+def test_registry_knows_the_larger_releases(name, marker):
+    spec = DATASETS[name]
+    assert spec.url == f"https://files.grouplens.org/datasets/movielens/{name}.zip"
+    assert spec.marker == marker and spec.md5 == PUBLISHED_MD5.get(name)
+
+
+def ml10m_zip(root: Path) -> Path:
+    ratings = "1::122::5::838985046\n1::185::4.5::838983525\n"
+    return build_zip(root / "ml-10m.zip", {"ml-10M100K/ratings.dat": ratings,
+                                           "ml-10M100K/movies.dat": "122::Boomerang::Comedy\n"})
+
+
+def test_ml10m_archive_unpacks_from_its_own_folder_name(server, tmp_path):
+    root, base_url = server
+    spec = dataclasses.replace(spec_for(ml10m_zip(root), f"{base_url}/ml-10m.zip"),
+                               name="ml-10m", marker="ratings.dat", folder="ml-10M100K")
+    cache = tmp_path / "cache"
+    folder = resolve_dataset("ml-10m", spec=spec, cache_dir=cache, progress=False)
+
+    assert folder == cache / "ml-10m"
+    assert sorted(p.name for p in folder.iterdir()) == ["movies.dat", "ratings.dat"]
+
+
+def test_ml10m_found_under_its_archive_folder_name(tmp_path, monkeypatch):
+    unpacked = tmp_path / "data" / "ml-10M100K"
+    unpacked.mkdir(parents=True)
+    (unpacked / "ratings.dat").write_text("1::2::3::4\n")
+    monkeypatch.setenv("DEEPFACTOR_DATA", str(tmp_path / "data"))
+    cache = tmp_path / "cache"
+
+    assert resolve_dataset("ml-10m", download=False, cache_dir=cache) == unpacked
+    assert resolve_dataset("ml-10m", tmp_path / "data", download=False,
+                           cache_dir=cache) == unpacked

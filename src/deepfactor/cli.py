@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, help="overrides train.seed")
     fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override one configuration key, e.g. --set model.latent_dim=50")
-    fit.add_argument("--data", help="folder with the dataset's files (overrides data.path)")
+    fit.add_argument("--data", help="folder with the dataset's files, or for dataset 'file' "
+                     "the rating file (overrides data.path)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     fit.add_argument("--overwrite", action="store_true",
                      help="replace an existing run in --out")

@@ -57,8 +57,28 @@ _fraction = (lambda v: 0 <= v < 1, "in [0, 1)")
 #: Every configuration key: default, type, check and meaning.
 KEYS: dict[str, Key] = {
     # data
-    "data.dataset": _key("ml-100k", str, "named dataset", _choice("ml-100k", "synthetic")),
-    "data.path": _key("", str, "folder with the dataset's files ('' = search; see README)"),
+    "data.dataset": _key("ml-100k", str, "named dataset, 'file' (data.path is a rating "
+                         "file read with data.columns) or 'synthetic'",
+                         _choice("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m",
+                                 "ml-latest-small", "file", "synthetic")),
+    "data.path": _key("", str, "folder with the dataset's files ('' = search; see README); "
+                      "for dataset 'file', the rating file"),
+    "data.columns": _key(["user", "movie", "rating", "timestamp"], list,
+                         "dataset 'file': role of each field in file order (user, movie, "
+                         "rating once each, timestamp at most once, any other name is "
+                         "skipped)",
+                         (lambda v: all(isinstance(x, str) for x in v)
+                          and all(v.count(r) == 1 for r in ("user", "movie", "rating"))
+                          and v.count("timestamp") <= 1,
+                          "a list of strings naming 'user', 'movie' and 'rating' once "
+                          "each and 'timestamp' at most once")),
+    "data.separator": _key(",", str, "dataset 'file': field separator (one character, "
+                           "or one repeated, e.g. '::')",
+                           (lambda v: bool(v) and len(set(v)) == 1 and "\n" not in v
+                            and "\r" not in v,
+                            "one character, or one character repeated")),
+    "data.header": _key(True, bool, "dataset 'file': line 1 names the columns"),
+    "data.encoding": _key("utf-8", str, "dataset 'file': text encoding"),
     "data.split": _key("u1", str, "u1..u5, ua, ub (MovieLens files) or 'random'",
                        _choice("u1", "u2", "u3", "u4", "u5", "ua", "ub", "random")),
     "data.test_fraction": _key(0.2, float, "test share of a 'random' split", _fraction),

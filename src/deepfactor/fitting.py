@@ -30,9 +30,11 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .batching import EncoderInputs, RatingBatcher
 from .config import Config, ConfigError
 from .data.datasets import resolve_dataset
+from .data.layouts import LAYOUTS, read_dataset_ratings
 from .data.ratings import Ratings
 from .data.readers import DataFormatError
 from .data.splits import carve_validation, load_split, random_split
+from .data.tables import read_rating_table
 from .distributed import broadcast_object, current_world
 from .fitted import FittedModel, build_modules
 from .metrics import METRIC_KEYS, rating_metrics
@@ -75,14 +77,40 @@ def load_data(config: Config, data_dir: str | os.PathLike | None = None) -> Spli
         train, test = random_split(ratings, config["data.test_fraction"], seed)
         return SplitData(train, test, "random", truth)
 
-    folder = resolve_dataset(name, data_dir or config["data.path"] or None)
     duplicates = config["data.duplicates"]
+    if name == "file" or LAYOUTS[name].splits == ():
+        if split != "random":
+            has = "a rating file" if name == "file" else f"dataset {name!r}"
+            raise ConfigError(
+                f"{config.source}: {has} ships no {split!r} split files (only MovieLens "
+                "100K has u1..u5, ua, ub); set data.split = 'random' (with "
+                "data.test_fraction)")
+        everything = _read_all(config, name, data_dir, duplicates)
+        train, test = random_split(everything, config["data.test_fraction"], seed)
+        return SplitData(train, test, split)
+
+    folder = resolve_dataset(name, data_dir or config["data.path"] or None)
     if split == "random":
         everything = load_split(folder, "all", duplicates=duplicates).train
         train, test = random_split(everything, config["data.test_fraction"], seed)
         return SplitData(train, test, split)
     loaded = load_split(folder, split, duplicates=duplicates)
     return SplitData(loaded.train, loaded.test, split)
+
+
+def _read_all(config: Config, name: str, data_dir: str | os.PathLike | None,
+              duplicates: str) -> Ratings:
+    """Every rating of a dataset without split files, or of the file data.path names."""
+    if name != "file":
+        folder = resolve_dataset(name, data_dir or config["data.path"] or None)
+        return read_dataset_ratings(folder, name, duplicates=duplicates)
+    path = data_dir or config["data.path"]
+    if not path:
+        raise ConfigError(f"{config.source}: dataset 'file' needs data.path, the rating "
+                          "file (or --data FILE)")
+    return read_rating_table(path, sep=config["data.separator"],
+                             columns=config["data.columns"], header=config["data.header"],
+                             encoding=config["data.encoding"], duplicates=duplicates)
 
 
 def fit(config: Config, *, data: SplitData | None = None,

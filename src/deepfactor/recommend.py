@@ -409,23 +409,27 @@ def top_k_movies(fitted: FittedModel, users: np.ndarray, k: int = 10, *,
 
 def movie_titles(fitted: FittedModel, data_dir: str | os.PathLike | None = None
                  ) -> dict[str, str]:
-    """Movie titles from the dataset's ``u.item`` (Latin-1), or {} when it is not found.
+    """Movie titles from the dataset's movie file, or {} when it is not found.
 
-    The folder is looked for as for fitting (``data_dir``, the run's ``data.path``,
+    ``u.item`` for ML-100K, ``movies.dat`` for ML-1M/10M, ``movies.csv`` for ML-20M,
+    ML-25M and ml-latest-small (see :mod:`deepfactor.data.layouts`). The folder is
+    looked for as for fitting (``data_dir``, the run's ``data.path``,
     ``$DEEPFACTOR_DATA``, the cache), never downloaded. Without it a warning is
-    logged, for the synthetic dataset an info note, and there are no titles.
+    logged, for the synthetic dataset or a generic rating file an info note, and
+    there are no titles.
     """
     from .data.datasets import DatasetNotFoundError, resolve_dataset
-    from .data.readers import DataFormatError, read_movie_titles
+    from .data.layouts import read_dataset_movies
+    from .data.readers import DataFormatError
 
     name = fitted.config["data.dataset"]
-    if name == "synthetic":
-        log.info("synthetic data has no movie titles")
+    if name in ("synthetic", "file"):
+        log.info("%s data has no movie titles", name)
         return {}
     try:
         folder = resolve_dataset(name, data_dir or fitted.config["data.path"] or None,
                                  download=False)
-        return read_movie_titles(folder / "u.item")
+        return read_dataset_movies(folder, name).titles
     except (DatasetNotFoundError, DataFormatError, OSError) as err:
         log.warning("no movie titles: %s", err)
         return {}

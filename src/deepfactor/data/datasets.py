@@ -79,6 +79,9 @@ class DatasetSpec:
         Expected hex digests of the archive; each one given is checked.
     marker : str
         A file whose presence marks a folder as holding the dataset.
+    folder : str or None
+        The archive's top folder when it is not ``name`` (ML-10M unpacks to
+        ``ml-10M100K/``); a folder of that name is also found where ``name`` is looked for.
     """
 
     name: str
@@ -86,6 +89,7 @@ class DatasetSpec:
     sha256: str | None
     md5: str | None
     marker: str
+    folder: str | None = None
 
     @property
     def archive_name(self) -> str:
@@ -93,16 +97,32 @@ class DatasetSpec:
 
 
 #: Datasets that :func:`resolve_dataset` knows how to find and download.
-#: The MD5 is the one GroupLens publishes beside the archive. The SHA-256 was taken
-#: from public material and could not be re-checked offline when this was written.
+#: Each MD5 is the one GroupLens publishes beside the archive (``<archive>.md5``), as
+#: quoted by several independent public sources; none could be re-fetched from
+#: grouplens.org when this was written (no network). The SHA-256 of ML-100K was taken
+#: from public material and could not be re-checked offline either. ml-latest-small
+#: has no checksum: GroupLens regenerates "latest" archives, and no published MD5 of
+#: the current one was found, so its download is unverified (a warning says so).
+_GROUPLENS = "https://files.grouplens.org/datasets/movielens"
 DATASETS: dict[str, DatasetSpec] = {
     "ml-100k": DatasetSpec(
         name="ml-100k",
-        url="https://files.grouplens.org/datasets/movielens/ml-100k.zip",
+        url=f"{_GROUPLENS}/ml-100k.zip",
         sha256="50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
         md5="0e33842e24a9c977be4e0107933c0723",
         marker="u.data",
     ),
+    "ml-1m": DatasetSpec("ml-1m", f"{_GROUPLENS}/ml-1m.zip", None,
+                         "c4d9eecfca2ab87c1945afe126590906", "ratings.dat"),
+    "ml-10m": DatasetSpec("ml-10m", f"{_GROUPLENS}/ml-10m.zip", None,
+                          "ce571fd55effeba0271552578f2648bd", "ratings.dat",
+                          folder="ml-10M100K"),
+    "ml-20m": DatasetSpec("ml-20m", f"{_GROUPLENS}/ml-20m.zip", None,
+                          "cd245b17a1ae2cc31bb14903e1204af3", "ratings.csv"),
+    "ml-25m": DatasetSpec("ml-25m", f"{_GROUPLENS}/ml-25m.zip", None,
+                          "6b51fb2759a8657d3bfcbfc42b592ada", "ratings.csv"),
+    "ml-latest-small": DatasetSpec("ml-latest-small", f"{_GROUPLENS}/ml-latest-small.zip",
+                                   None, None, "ratings.csv"),
 }
 
 
@@ -115,8 +135,9 @@ def default_cache_dir() -> Path:
 
 
 def _holding_folder(folder: Path, spec: DatasetSpec) -> Path | None:
-    """``folder`` or ``folder/<name>`` when it holds the marker file, else None."""
-    for candidate in (folder, folder / spec.name):
+    """``folder``, ``folder/<name>`` or ``folder/<spec.folder>`` holding the marker file."""
+    names = (spec.name, spec.folder) if spec.folder else (spec.name,)
+    for candidate in (folder, *(folder / name for name in names)):
         if (candidate / spec.marker).is_file():
             return candidate
     return None
@@ -132,6 +153,8 @@ def _candidates(
     env = os.environ.get(DATA_ENV_VAR)
     if env:
         places.append((f"${DATA_ENV_VAR}", Path(env) / spec.name))
+        if spec.folder:  # the archive unpacked there as it comes
+            places.append((f"${DATA_ENV_VAR}", Path(env) / spec.folder))
     places.append(("the cache", cache_dir / spec.name))
     return places
 
@@ -235,7 +258,7 @@ def _extract(archive: Path, spec: DatasetSpec, destination: Path) -> None:
         unpacked = _holding_folder(staging, spec)
         if unpacked is None:
             raise DatasetIntegrityError(
-                f"{archive}: the archive holds no {spec.name}/{spec.marker}"
+                f"{archive}: the archive holds no {spec.folder or spec.name}/{spec.marker}"
             )
         _replace_folder(unpacked, destination)
     finally:
@@ -279,6 +302,9 @@ def _fetch_into_cache(
         if not _cached_archive_ok(archive, spec):
             logger.info("downloading %s to %s", spec.url, archive)
             _download(spec.url, archive, progress=progress, timeout=timeout)
+            if spec.sha256 is None and spec.md5 is None:
+                logger.warning("%s has no known checksum; its download is not verified",
+                               spec.name)
             _verify(archive, spec)
         _extract(archive, spec, destination)
     except DatasetIntegrityError:
@@ -349,7 +375,9 @@ def resolve_dataset(
     pathlib.Path
         ``path`` (or ``path/<name>``) when ``path`` is given; otherwise the first of
         ``$DEEPFACTOR_DATA/<name>`` and ``<cache_dir>/<name>`` that holds the marker
-        file (``u.data``), else ``<cache_dir>/<name>`` after a successful download.
+        file (``u.data``, ``ratings.dat``, ``ratings.csv``), else ``<cache_dir>/<name>``
+        after a successful download. For ML-10M, ``ml-10M100K`` (the archive's own
+        folder name) is accepted wherever ``ml-10m`` is.
 
     Raises
     ------
