@@ -38,6 +38,7 @@ from pyro import poutine
 from tqdm.auto import tqdm
 
 from .batching import Batch, RatingBatcher
+from .optim import RowSparseAdam
 
 __all__ = ["TrainingDiverged", "TrainingInterrupted", "TrainSettings", "TrainResult",
            "SVITrainer", "kl_weight", "make_elbo"]
@@ -141,8 +142,8 @@ class SVITrainer:
         self.loss_fn, self.batcher, self.validate = loss_fn, batcher, validate
         self.settings, self.checkpoint, self.progress = settings, checkpoint, progress
         s = settings
-        # fused: one kernel for all parameters; 3 ms instead of 10 ms per step here
-        self.optimizer = torch.optim.Adam(loss_fn.parameters(), lr=s.lr, fused=True)
+        # fused Adam (3 ms instead of 10 ms per step here); lazy rows for sparse gradients
+        self.optimizer = RowSparseAdam(loss_fn.parameters(), lr=s.lr)
         decay = (s.lr_final / s.lr) ** (1 / max(s.epochs - 1, 1)) if s.lr_final else 1.0
         self.schedule = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=decay)
         self.result = TrainResult()
@@ -343,9 +344,14 @@ def _as_tuple(state):
 
 def _first_nonfinite_parameter(module: torch.nn.Module) -> str | None:
     for name, p in module.named_parameters():
+        grad = p.grad
+        if grad is not None and grad.is_sparse:
+            # only the gradient's rows changed this step: check those, not all rows
+            grad = grad.coalesce()
+            p, grad = p[grad.indices()[0]], grad.values()
         if not torch.isfinite(p).all():
             return f"parameter {name}"
-        if p.grad is not None and not torch.isfinite(p.grad).all():
+        if grad is not None and not torch.isfinite(grad).all():
             return f"the gradient of {name}"
     return None
 
