@@ -95,7 +95,8 @@ def test_step_input_is_bounded_by_batch_entities_times_k(num_ratings):
     batcher = RatingBatcher(ratings, ratings.rating, inputs, batch_size,
                             np.random.default_rng(0))
     batch = next(iter(batcher.epoch()))
-    assert ratings.movie_counts().max() > 10 * cap  # entities that would read far more
+    # entities that would read far more than K
+    assert max(ratings.movie_counts().max(), ratings.user_counts().max()) > 10 * cap
     for bag, entities in ((batch.movie_bag, batch.movies), (batch.user_bag, batch.users)):
         assert bag.nnz <= 2 * cap * len(entities)
         assert len(bag.columns) <= bag.nnz

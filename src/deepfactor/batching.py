@@ -117,6 +117,7 @@ class EncoderInputs:
         self.center, self.spread = float(center), float(spread)
         self.pooling_power = float(pooling_power)
         self.max_inputs = int(max_inputs)
+        self._scratch: dict[int, np.ndarray] = {}
 
     def movie_bag(self, movies: np.ndarray,
                   generator: np.random.Generator | None = None) -> SparseBag:
@@ -134,6 +135,21 @@ class EncoderInputs:
         return self._build(self.by_user, np.asarray(users), self.by_movie.num_rows,
                            generator)
 
+    def _renumber(self, indices: np.ndarray, num_cols: int) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct ``indices`` (first-seen order) and each entry's position among them.
+
+        ``O(len(indices))``, no sort: a scratch array over the columns, allocated once,
+        remembers one entry per column; stale slots are never read.
+        """
+        scratch = self._scratch.get(num_cols)
+        if scratch is None:
+            scratch = self._scratch[num_cols] = np.zeros(num_cols, dtype=np.int64)
+        entry = np.arange(len(indices))
+        scratch[indices] = entry  # the last entry of each column wins
+        first = scratch[indices] == entry  # (nnz,): one representative per column
+        rank = np.cumsum(first) - 1  # (nnz,): the representative's local column
+        return indices[first], rank[scratch[indices]]
+
     def _build(self, rows: SparseRows, selected: np.ndarray, num_cols: int,
                generator: np.random.Generator | None) -> SparseBag:
         counts = rows.counts[selected]
@@ -146,8 +162,7 @@ class EncoderInputs:
         pooled = np.maximum(counts, 1) ** -self.pooling_power * counts / np.maximum(taken, 1)
         weight = np.repeat(pooled, taken)  # (nnz,)
 
-        # renumber the columns to the touched ones: rows of W the step needs
-        touched, local = np.unique(indices, return_inverse=True)
+        touched, local = self._renumber(indices, num_cols)  # rows of W the step needs
         width = len(touched)
         # interleave the two channels of each entry, keeping each row's entries together
         both_indices = np.stack([local, local + width], axis=1).reshape(-1)

@@ -61,8 +61,9 @@ def sample_rows(starts: np.ndarray, counts: np.ndarray, cap: int,
     mid = np.flatnonzero((counts > cap) & (counts <= 2 * cap))
     if len(mid):
         entries = concat_ranges(starts[mid], counts[mid])  # (sum n,)
-        row = np.repeat(np.arange(len(mid)), counts[mid])
-        order = np.lexsort((rng.random(len(entries)), row))  # by row, random within
+        # by row, in random order within each row: one sort of row + U(0, 1) keys
+        order = np.argsort(np.repeat(np.arange(len(mid)), counts[mid])
+                           + rng.random(len(entries)))
         rank = np.arange(len(entries)) - np.repeat(np.cumsum(counts[mid]) - counts[mid],
                                                    counts[mid])
         kept = entries[order][rank < cap]  # cap per row, rows in order

@@ -66,9 +66,10 @@ def movielens_shape(num_ratings: int) -> tuple[int, int]:
     shapes = np.log(np.array([MOVIELENS_SHAPES[int(s)] for s in sizes], dtype=float))
     x = np.log(num_ratings)
     movies, users = (np.exp(np.interp(x, np.log(sizes), shapes[:, i])) for i in (0, 1))
-    if num_ratings < sizes[0]:  # below the table: keep 100K's density
-        scale = np.sqrt(num_ratings / sizes[0])
-        movies, users = MOVIELENS_SHAPES[100_000][0] * scale, MOVIELENS_SHAPES[100_000][1] * scale
+    if num_ratings < sizes[0]:  # below the table: 100K's ratings per user, fewer movies
+        scale = num_ratings / sizes[0]
+        movies, users = (MOVIELENS_SHAPES[100_000][0] * np.sqrt(scale),
+                         MOVIELENS_SHAPES[100_000][1] * scale)
     if num_ratings > sizes[-1]:
         scale = np.sqrt(num_ratings / sizes[-1])
         movies, users = (v * scale for v in MOVIELENS_SHAPES[25_000_000])
