@@ -156,3 +156,20 @@ def test_generator_is_movielens_like_and_seeded():
     per_movie = np.sort(np.bincount(movie, minlength=num_movies))[::-1]
     assert per_movie[0] > 20 * np.median(per_movie)
     assert per_movie[: num_movies // 10].sum() > 0.5 * num_ratings
+
+
+def test_renumbered_bag_gives_the_first_layer_of_the_formula():
+    """matrix @ W[columns] is n^-p sum_k (P_k + v_k V_k), read from all ratings."""
+    rng = np.random.default_rng(2)
+    ratings, inputs = _skewed_inputs(rng, max_inputs=0, num_ratings=500, num_users=30)
+    weight = torch.randn(2 * ratings.num_users, 4, dtype=torch.float64)
+    movies = np.array([3, 0, 7])
+    bag = inputs.movie_bag(movies)
+    got = bag.matrix.matmul(weight[bag.columns].float()).double().numpy()
+    for row, m in enumerate(movies):
+        users = ratings.user[ratings.movie == m]
+        values = (ratings.rating[ratings.movie == m] - 3.5) / 1.0
+        w = weight.numpy()
+        expected = (w[users] + values[:, None] * w[users + ratings.num_users]).sum(0)
+        np.testing.assert_allclose(got[row], expected * len(users) ** -0.5, rtol=1e-4,
+                                   atol=1e-4)
