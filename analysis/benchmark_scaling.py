@@ -59,7 +59,8 @@ TARGETS = {"slope": 1.1, "ratings_per_s_largest": 500_000, "epoch_s_largest": 60
            "peak_gib": 4.0, "epoch_s_100k": 1.0, "pyro_over_plain": 0.7}
 
 
-def _child(num_ratings: int, threads: int, max_steps: int, config_path: str) -> dict:
+def _child(num_ratings: int, threads: int, max_steps: int, config_path: str,
+           overrides: list[str]) -> dict:
     """Time one size in this process; returns the row of the table."""
     import copy
     import resource
@@ -77,11 +78,11 @@ def _child(num_ratings: int, threads: int, max_steps: int, config_path: str) -> 
     torch.set_num_threads(threads)
     pyro.settings.set(module_local_params=True)
     pyro.set_rng_seed(0)
-    config = load_config(config_path, [])
+    config = load_config(config_path, overrides)
     num_movies, num_users = movielens_shape(num_ratings)
 
     start = time.perf_counter()
-    truth_config = load_config(config_path, ["model.decoder_hidden=[40]",
+    truth_config = load_config(config_path, [*overrides, "model.decoder_hidden=[40]",
                                              "model.decoder_inputs=product"])
     truth, _ = build_modules(truth_config, num_movies, num_users)
     ratings, _ = simulate_movielens(truth, num_ratings, seed=0, output_bias=3.5)
@@ -253,11 +254,14 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=60,
                         help="steps timed per size at most (then extrapolated)")
     parser.add_argument("--config", default=os.path.join(REPO, "models", "gaussian.toml"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, as for deepfactor fit (repeatable)")
     parser.add_argument("--out", default="benchmark_scaling.json", help="JSON file")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_child(args.child, args.threads, args.max_steps, args.config)))
+        print(json.dumps(_child(args.child, args.threads, args.max_steps, args.config,
+                                args.set)))
         return
 
     load_before = os.getloadavg()[0]
@@ -265,13 +269,17 @@ def main() -> None:
     for n in sorted(args.sizes):  # one process per size: its own peak memory
         out = subprocess.run([sys.executable, __file__, "--child", str(n), "--threads",
                               str(args.threads), "--max-steps", str(args.max_steps),
-                              "--config", args.config], capture_output=True, text=True)
+                              "--config", args.config,
+                              *(f"--set={kv}" for kv in args.set)],
+                             capture_output=True, text=True)
         if out.returncode:
             sys.exit(f"size {n} failed:\n{out.stderr[-3000:]}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"done {n:,} ratings: {rows[-1]['pyro_epoch_s']:.2f} s/epoch", flush=True)
     torch.set_num_threads(args.threads)
+    print(f"config: {args.config} {' '.join(args.set)}")
     result = _report(rows, _threading(), (load_before, os.getloadavg()[0]))
+    result["config"], result["overrides"] = args.config, args.set
     folder = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(folder, exist_ok=True)
     tmp = args.out + ".tmp"
