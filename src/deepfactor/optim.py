@@ -53,6 +53,7 @@ class RowSparseAdam(torch.optim.Adam):
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None and p.grad.is_sparse:
+                    p.grad = p.grad.coalesce()  # once, for this step and the NaN guard
                     self._lazy_step(p, group)
                     set_aside.append((p, p.grad))
                     p.grad = None  # fused Adam takes dense gradients only; it skips None
@@ -63,8 +64,7 @@ class RowSparseAdam(torch.optim.Adam):
                 p.grad = grad
 
     def _lazy_step(self, p: torch.Tensor, group: dict) -> None:
-        grad = p.grad.coalesce()
-        rows, g = grad.indices()[0], grad.values()  # (|R|,), (|R|, width)
+        rows, g = p.grad.indices()[0], p.grad.values()  # (|R|,), (|R|, width); coalesced
         state = self.state[p]
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
@@ -75,9 +75,11 @@ class RowSparseAdam(torch.optim.Adam):
         beta1, beta2 = group["betas"]
         lr = group["lr"].item() if torch.is_tensor(group["lr"]) else group["lr"]
 
-        m_rows = state["exp_avg"][rows].mul_(beta1).add_(g, alpha=1 - beta1)
-        v_rows = state["exp_avg_sq"][rows].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        state["exp_avg"][rows] = m_rows
-        state["exp_avg_sq"][rows] = v_rows
+        # index_select / index_copy_: about twice as fast as t[rows] and t[rows] = x here
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m_rows = m.index_select(0, rows).mul_(beta1).add_(g, alpha=1 - beta1)
+        v_rows = v.index_select(0, rows).mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        m.index_copy_(0, rows, m_rows)
+        v.index_copy_(0, rows, v_rows)
         denom = (v_rows / (1 - beta2**t)).sqrt_().add_(group["eps"])
         p.index_add_(0, rows, m_rows / denom, alpha=-lr / (1 - beta1**t))
