@@ -225,8 +225,9 @@ def _report(rows: list[dict], threading: dict, load: tuple) -> dict:
     largest = rows[-1]
     checks = {
         "slope": (slope, slope <= TARGETS["slope"]),
-        "ratings_per_s_largest": (largest["pyro_ratings_per_s"],
-                                  largest["pyro_ratings_per_s"] >= TARGETS["ratings_per_s_largest"]),
+        "ratings_per_s_largest": (
+            largest["pyro_ratings_per_s"],
+            largest["pyro_ratings_per_s"] >= TARGETS["ratings_per_s_largest"]),
         "epoch_s_largest": (largest["pyro_epoch_s"],
                             largest["pyro_epoch_s"] <= TARGETS["epoch_s_largest"]),
         "peak_gib": (max(r["peak_rss_gib"] for r in rows),

@@ -56,7 +56,8 @@ def sample_rows(starts: np.ndarray, counts: np.ndarray, cap: int,
     positions = np.empty(int(taken.sum()), dtype=np.int64)
 
     whole = np.flatnonzero(counts <= cap)
-    positions[concat_ranges(offsets[whole], taken[whole])] = concat_ranges(starts[whole], counts[whole])
+    positions[concat_ranges(offsets[whole], taken[whole])] = concat_ranges(starts[whole],
+                                                                         counts[whole])
 
     mid = np.flatnonzero((counts > cap) & (counts <= 2 * cap))
     if len(mid):
