@@ -20,10 +20,12 @@ Pattern
 
     Measured with seed 0 at 25M ratings (62,000 movies, 162,000 users): users have 41 to
     10,836 ratings, median 63; the most popular movie has 48,962, the median movie 45
-    (MovieLens 25M: 20 to about 32,000, median about 71; about 81,000 and 6). At 100K:
-    movie median 27 and most popular 943 (MovieLens 100K: 27 and 583). The least active
-    users get more than MovieLens's many users at exactly 20, and the tail of rarely
-    rated movies is thinner.
+    (MovieLens 25M, figures recalled from its documentation and not checked here, as no
+    copy is at hand: users from 20 to about 32,000, median about 71; the top movie about
+    81,000, the median about 6). At 100K, users have 34 to 841 ratings, median 57; movie
+    median 27, top 943 (MovieLens 100K's u.data, counted: users 20 to 737, median 65;
+    movie median 27, top 583). The least active users get more than MovieLens's 20, and
+    the tail of rarely rated movies is thinner.
 
 Values
     ``z_movie``, ``z_user ~ N(0, I)``; ``eta`` from the given model's decoder with its
