@@ -82,7 +82,7 @@ def test_sampled_first_layer_input_is_unbiased():
     assert (sampled.std(0) > 0).all()  # the samples did vary: the test can fail
 
 
-@pytest.mark.parametrize("num_ratings", [4_000, 40_000])
+@pytest.mark.parametrize("num_ratings", [20_000, 60_000])
 def test_step_input_is_bounded_by_batch_entities_times_k(num_ratings):
     """A step's encoder input has at most (entities in batch) x K entries per channel,
     and the first layer's gradient touches at most that many rows, at any total size."""
@@ -94,6 +94,7 @@ def test_step_input_is_bounded_by_batch_entities_times_k(num_ratings):
     inputs = EncoderInputs(ratings, ratings.rating, 0.0, 1.0, max_inputs=cap)
     batcher = RatingBatcher(ratings, ratings.rating, inputs, batch_size,
                             np.random.default_rng(0))
+    assert not batcher.every_entity  # beyond SMALL_DATA_FACTOR batches: sampled bags
     batch = next(iter(batcher.epoch()))
     # entities that would read far more than K
     assert max(ratings.movie_counts().max(), ratings.user_counts().max()) > 10 * cap
@@ -173,3 +174,15 @@ def test_renumbered_bag_gives_the_first_layer_of_the_formula():
         expected = (w[users] + values[:, None] * w[users + ratings.num_users]).sum(0)
         np.testing.assert_allclose(got[row], expected * len(users) ** -0.5, rtol=1e-4,
                                    atol=1e-4)
+
+
+def test_small_data_reads_every_entity_with_a_dense_gradient():
+    """At most SMALL_DATA_FACTOR batches of ratings: one cached bag, all ratings read."""
+    rng = np.random.default_rng(4)
+    ratings, inputs = _skewed_inputs(rng, max_inputs=2, num_ratings=600, num_users=40)
+    batcher = RatingBatcher(ratings, ratings.rating, inputs, 100, rng)
+    assert batcher.every_entity
+    batch = next(iter(batcher.epoch()))
+    assert batch.movie_bag is inputs.every_movie() and batch.movie_bag.dense_grad
+    assert batch.movie_bag.nnz == 2 * len(ratings)  # every rating, both channels
+    np.testing.assert_array_equal(batch.movie_rows.numpy(), batch.movies.numpy())

@@ -71,11 +71,15 @@ class SparseBag:
     counts : Tensor, shape (num_entities,)
         ``n_e``, the number of ratings of each entity (0 for an entity with none),
         whether or not all were read.
+    dense_grad : bool
+        Ask the encoder for a dense first-layer gradient (a bag that touches about
+        every column anyway, read at every step).
     """
 
     matrix: SparseMatrix
     columns: torch.Tensor
     counts: torch.Tensor
+    dense_grad: bool = False
 
     @property
     def nnz(self) -> int:
@@ -118,6 +122,7 @@ class EncoderInputs:
         self.pooling_power = float(pooling_power)
         self.max_inputs = int(max_inputs)
         self._scratch: dict[int, np.ndarray] = {}
+        self._cached: dict[str, SparseBag] = {}
 
     def movie_bag(self, movies: np.ndarray,
                   generator: np.random.Generator | None = None) -> SparseBag:
@@ -134,6 +139,21 @@ class EncoderInputs:
         """The bag of ``users``; see :meth:`movie_bag`."""
         return self._build(self.by_user, np.asarray(users), self.by_movie.num_rows,
                            generator)
+
+    def every_movie(self) -> SparseBag:
+        """The bag of every movie from all its ratings (built once; dense gradient)."""
+        return self._every("movie", self.by_movie, self.by_user.num_rows)
+
+    def every_user(self) -> SparseBag:
+        """The bag of every user from all its ratings (built once; dense gradient)."""
+        return self._every("user", self.by_user, self.by_movie.num_rows)
+
+    def _every(self, kind: str, rows: SparseRows, num_cols: int) -> SparseBag:
+        if kind not in self._cached:
+            bag = self._build(rows, np.arange(rows.num_rows), num_cols, None)
+            self._cached[kind] = SparseBag(bag.matrix, bag.columns, bag.counts,
+                                           dense_grad=True)
+        return self._cached[kind]
 
     def _renumber(self, indices: np.ndarray, num_cols: int) -> tuple[np.ndarray, np.ndarray]:
         """Distinct ``indices`` (first-seen order) and each entry's position among them.
@@ -195,7 +215,10 @@ class Batch:
         gives each entity its weight ``w_i`` (see the module docstring), times the
         KL annealing factor.
     movie_bag, user_bag : SparseBag
-        The encoders' inputs, one row per entity of ``movies`` (``users``), in order.
+        The encoders' inputs: one row per entity of ``movies`` (``users``), in order,
+        or, on a small dataset (:data:`SMALL_DATA_FACTOR`), every entity.
+    movie_rows, user_rows : LongTensor or None
+        With a bag of every entity, the row of each of ``movies`` (``users``) in it.
     """
 
     rating_index: torch.Tensor
@@ -209,6 +232,8 @@ class Batch:
     user_scale: torch.Tensor
     movie_bag: SparseBag
     user_bag: SparseBag
+    movie_rows: torch.Tensor | None = None
+    user_rows: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.rating_index)
@@ -235,6 +260,7 @@ def make_batch(
     kl_weight: float = 1.0,
     totals: tuple[np.ndarray, np.ndarray] | None = None,
     generator: np.random.Generator | None = None,
+    every_entity: bool = False,
 ) -> Batch:
     """The batch of ``ratings`` at ``positions``, weighted for the ELBO over all of ``ratings``.
 
@@ -252,6 +278,8 @@ def make_batch(
     generator : numpy.random.Generator, optional
         Draws the bounded samples of the encoders' inputs (``inputs.max_inputs``);
         without it the bags read every rating of the batch's entities.
+    every_entity : bool
+        Read the cached bags of every entity, all ratings, instead (small data only).
     """
     movie_counts, user_counts = totals or (ratings.movie_counts(), ratings.user_counts())
     movie_of, user_of = ratings.movie[positions], ratings.user[positions]
@@ -271,9 +299,25 @@ def make_batch(
         target=None if targets is None else torch.as_tensor(targets[positions], dtype=dtype),
         movie_scale=torch.as_tensor(movie_scale * kl_weight, dtype=dtype),
         user_scale=torch.as_tensor(user_scale * kl_weight, dtype=dtype),
-        movie_bag=inputs.movie_bag(movies, generator),
-        user_bag=inputs.user_bag(users, generator),
+        **(_every_entity_fields(inputs, movies, users) if every_entity else
+           {"movie_bag": inputs.movie_bag(movies, generator),
+            "user_bag": inputs.user_bag(users, generator)}),
     )
+
+
+#: A dataset of at most this many batches' worth of ratings is encoded whole at each
+#: step: every entity from all of its ratings, from a bag built once, with a dense
+#: first-layer gradient. That costs at most ``SMALL_DATA_FACTOR x B`` entries per step
+#: (so never ``O(all ratings)`` at scale) and on MovieLens 100K at batch 10000 it is the
+#: cheaper path: no per-step build or sampling, fused Adam (the u1 fit took 64 s this way
+#: against 139 s with per-batch sampled bags, one thread, similar load). The guide then
+#: reads everything and ``guide.max_inputs`` has no effect.
+SMALL_DATA_FACTOR = 16
+
+
+def _every_entity_fields(inputs: EncoderInputs, movies: np.ndarray, users: np.ndarray):
+    return {"movie_bag": inputs.every_movie(), "user_bag": inputs.every_user(),
+            "movie_rows": torch.from_numpy(movies), "user_rows": torch.from_numpy(users)}
 
 
 class RatingBatcher:
@@ -302,6 +346,7 @@ class RatingBatcher:
         self.batch_size = min(batch_size, len(ratings))
         self.generator = generator
         self._totals = (ratings.movie_counts(), ratings.user_counts())
+        self.every_entity = len(ratings) <= SMALL_DATA_FACTOR * self.batch_size
 
     def __len__(self) -> int:
         return -(-len(self.ratings) // self.batch_size)
@@ -317,7 +362,8 @@ class RatingBatcher:
 
     def batch(self, positions: np.ndarray, kl_weight: float = 1.0) -> Batch:
         return make_batch(self.ratings, self.targets, positions, self.inputs,
-                          kl_weight=kl_weight, totals=self._totals, generator=self.generator)
+                          kl_weight=kl_weight, totals=self._totals, generator=self.generator,
+                          every_entity=self.every_entity)
 
     def full(self) -> Batch:
         """All ratings in one batch: every weight is exactly 1, every input read."""

@@ -113,7 +113,8 @@ class Encoder(nn.Module):
         -------
         loc, scale : Tensor, shape (num_entities, latent_dim)
         """
-        weight = F.embedding(bag.columns, self.first, sparse=self.sparse_grad)  # (C, width)
+        sparse = self.sparse_grad and not bag.dense_grad
+        weight = F.embedding(bag.columns, self.first, sparse=sparse)  # (C, width)
         a = bag.matrix.matmul(weight)  # (E, width): pooled P_k + v_k V_k
         a = a + self.evidence * torch.log1p(bag.counts).unsqueeze(-1) + self.first_bias
         h = self.body(torch.tanh(a))  # (E, hidden[-1])
@@ -144,13 +145,20 @@ class AmortizedGuide(PyroModule):
         self.num_movies, self.num_users = num_movies, num_users
 
     def forward(self, batch: Batch) -> None:
-        z_movie_loc, z_movie_scale = self.movie_encoder(batch.movie_bag)  # (movies, D) each
+        z_movie_loc, z_movie_scale = _rows(self.movie_encoder(batch.movie_bag),
+                                           batch.movie_rows)  # (batch movies, D) each
         with pyro.plate("movies", self.num_movies, subsample=batch.movies, dim=-1), \
                 poutine.scale(scale=batch.movie_scale):
             pyro.sample("z_movie", dist.Normal(z_movie_loc, z_movie_scale).to_event(1))
 
-        z_user_loc, z_user_scale = self.user_encoder(batch.user_bag)  # (users, D) each
+        z_user_loc, z_user_scale = _rows(self.user_encoder(batch.user_bag),
+                                         batch.user_rows)  # (batch users, D) each
         with pyro.plate("users", self.num_users, subsample=batch.users, dim=-1), \
                 poutine.scale(scale=batch.user_scale):
             pyro.sample("z_user", dist.Normal(z_user_loc, z_user_scale).to_event(1))
 
+
+def _rows(loc_scale: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor | None):
+    """The batch's rows of an encoder output over every entity (None: already those)."""
+    loc, scale = loc_scale
+    return (loc, scale) if rows is None else (loc[rows], scale[rows])
