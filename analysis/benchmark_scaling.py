@@ -172,8 +172,10 @@ class _PlainELBO(nn.Module):
         # PyroParam(positive) holds log(sigma) unconstrained, as here
         self.log_sigma = nn.Parameter(model.likelihood.sigma.detach().log().clone())
 
-    def _latent(self, encoder, bag, entities, entity_scale, num_entities):
+    def _latent(self, encoder, bag, rows, entities, entity_scale, num_entities):
         loc, scale = encoder(bag)  # (E, D) each
+        if rows is not None:  # a bag of every entity (small data): the batch's rows
+            loc, scale = loc[rows], scale[rows]
         z = loc + scale * torch.randn_like(loc)
         log_ratio = (_normal_log_prob(z, loc, scale)
                      - _normal_log_prob(z, torch.zeros_like(z), torch.ones_like(z)))
@@ -182,10 +184,11 @@ class _PlainELBO(nn.Module):
         return z, (weight * log_ratio.sum(-1)).sum()
 
     def forward(self, batch):
-        z_movie, kl_movie = self._latent(self.movie_encoder, batch.movie_bag, batch.movies,
+        z_movie, kl_movie = self._latent(self.movie_encoder, batch.movie_bag,
+                                         batch.movie_rows, batch.movies,
                                          batch.movie_scale, self.num_movies)
-        z_user, kl_user = self._latent(self.user_encoder, batch.user_bag, batch.users,
-                                       batch.user_scale, self.num_users)
+        z_user, kl_user = self._latent(self.user_encoder, batch.user_bag, batch.user_rows,
+                                       batch.users, batch.user_scale, self.num_users)
         eta = self.decoder(z_movie[batch.movie_local], z_user[batch.user_local])  # (B,)
         log_lik = _normal_log_prob(batch.target, eta, self.log_sigma.exp()).sum()
         return kl_movie + kl_user - log_lik * (batch.num_ratings / len(batch))
