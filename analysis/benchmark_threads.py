@@ -36,6 +36,7 @@ from deepfactor.batching import EncoderInputs, RatingBatcher
 from deepfactor.config import load_config
 from deepfactor.fitted import build_modules
 from deepfactor.fitting import load_data
+from deepfactor.optim import RowSparseAdam
 from deepfactor.train import make_elbo
 steps, threads, ratings = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(threads)
@@ -48,7 +49,7 @@ r = data.train
 inputs = EncoderInputs(r, r.rating, float(r.rating.mean()), float(r.rating.std()))
 batcher = RatingBatcher(r, r.rating, inputs, config["train.batch_size"], np.random.default_rng(0))
 loss_fn = make_elbo(config["train.elbo"])(model, guide)
-optimizer = torch.optim.Adam(loss_fn.parameters(), lr=1e-3)
+optimizer = RowSparseAdam(loss_fn.parameters(), lr=1e-3)  # the trainer's optimizer
 batches = list(batcher.epoch())
 def step(b):
     optimizer.zero_grad(); loss_fn(b).backward(); optimizer.step()

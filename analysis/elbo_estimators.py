@@ -74,7 +74,8 @@ def main() -> None:
                 loss = loss_fn(batch)
                 loss.backward()
                 losses.append(loss.item())
-                grads.append(torch.cat([p.grad.flatten() for p in loss_fn.parameters()
+                grads.append(torch.cat([p.grad.to_dense().flatten()  # first layers: sparse
+                                        for p in loss_fn.parameters()
                                         if p.grad is not None]).clone())
             g = torch.stack(grads)
             sds.append(np.std(losses, ddof=1))

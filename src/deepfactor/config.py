@@ -123,6 +123,8 @@ KEYS: dict[str, Key] = {
     "guide.encoder_hidden": _key([128], list, "hidden widths of each encoder",
                                  (lambda v: len(v) > 0 and _positive_ints(v),
                                   "a non-empty list of positive integers")),
+    "guide.max_inputs": _key(100, int, "K: in training, an entity with more ratings is "
+                             "encoded from K random ones (rescaled; 0 = all)", _nonneg),
     # train
     "train.elbo": _key("trace", str, "'trace' (Trace_ELBO) or 'meanfield' "
                        "(TraceMeanField_ELBO, analytic KL)", _choice("trace", "meanfield")),

@@ -223,12 +223,17 @@ def shard_loss(loss_fn: torch.nn.Module, batcher, positions: np.ndarray, kl_weig
 def all_reduce_gradients(parameters, extras: list[float]) -> list[float]:
     """Sum every parameter's gradient, and ``extras``, over the ranks, in one call.
 
-    A parameter without a gradient counts as zeros (and gets them). The buffer holds
+    A parameter without a gradient counts as zeros (and gets them). A row-sparse
+    gradient (the encoders' first layer on large data, see ``guide.Encoder``) is made
+    dense first, since ranks touch different rows; the optimizer then takes the dense
+    step for it. Known shortcoming: that sends and updates every row at scale, which
+    a sparse all-gather of the touched rows would avoid. The buffer holds
     ``sum(p.numel()) + len(extras)`` numbers of the parameters' dtype: that is the
     communication volume per step. Returns the summed ``extras``.
     """
     parameters = [p for p in parameters if p.requires_grad]
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+    grads = [torch.zeros_like(p) if p.grad is None else
+             p.grad.to_dense() if p.grad.is_sparse else p.grad for p in parameters]
     dtype = grads[0].dtype
     flat = torch.cat([g.reshape(-1) for g in grads]
                      + [torch.tensor(extras, dtype=dtype)])  # (num_parameters + extras,)
@@ -236,7 +241,7 @@ def all_reduce_gradients(parameters, extras: list[float]) -> list[float]:
     start = 0
     for p in parameters:
         chunk = flat[start:start + p.numel()].view_as(p)
-        if p.grad is None:
+        if p.grad is None or p.grad.is_sparse:
             p.grad = chunk.clone()
         else:
             p.grad.copy_(chunk)

@@ -173,7 +173,8 @@ def fit(config: Config, *, data: SplitData | None = None,
     fit_part, val_part = carve_validation(train, config["data.validation_fraction"],
                                           config["train.seed"])
     center, spread = float(np.mean(fit_part.rating)), float(np.std(fit_part.rating)) or 1.0
-    fit_inputs = EncoderInputs(fit_part, fit_part.rating, center, spread)
+    fit_inputs = EncoderInputs(fit_part, fit_part.rating, center, spread,
+                               max_inputs=config["guide.max_inputs"])
     likelihood.initialize(fit_part.rating)
     with torch.no_grad():
         model.decoder.output_bias.fill_(likelihood.link_inverse_of_mean(center))

@@ -28,6 +28,28 @@ Sparse first layer
 
 Entities with no training ratings (cold start) get the prior, ``N(0, I)``: their
 predictions come from the prior predictive.
+
+Bounded inputs in training (``guide.max_inputs = K``)
+    During training an entity with ``n > K`` ratings is encoded from a uniformly
+    random subset ``S`` of ``K`` of them, drawn afresh at each step, with the sum
+    rescaled by ``n / K`` so that ``E_S[a_i(S)] = a_i`` (the ``log(1 + n)`` term keeps
+    the true ``n``); see :class:`~deepfactor.batching.SparseBag`. For each fixed
+    ``S`` the encoders define a valid guide ``q_S``, so the objective optimized is
+
+    .. math::  \\mathcal{L}_K(\\theta, \\phi) = E_S[\\mathrm{ELBO}(\\theta, q_{\\phi, S})]
+               \\le \\log p_\\theta(r),
+
+    an average of lower bounds, hence a lower bound itself. The subsets are drawn
+    independently of the rating minibatch, so the weighted minibatch estimator of
+    :mod:`deepfactor.batching` stays unbiased for ``L_K``. ``L_K`` is not the ELBO of
+    the guide that reads all ratings (``tanh`` is not linear, so an unbiased input
+    does not give unbiased ``loc``/``scale``); prediction, checks and fold-in read all
+    ratings, which is that guide. With ``K`` above the largest count the two agree.
+
+    Gradient of the first layer. Only the weight rows of the columns a bag touches
+    are gathered (``columns``), with a sparse gradient: a step updates those rows only
+    (:class:`~deepfactor.optim.RowSparseAdam`), so its cost does not grow with the
+    number of columns.
 """
 
 from __future__ import annotations
@@ -61,10 +83,15 @@ class Encoder(nn.Module):
         Length of the latent it outputs (``total_dim`` of the model).
     hidden : sequence of int
         Widths of the hidden layers; the first is the sparse layer's width.
+    sparse_grad : bool
+        Give the first-layer weight a sparse gradient (rows of the touched columns
+        only). Optimizers that take dense gradients only need False.
     """
 
-    def __init__(self, num_inputs: int, latent_dim: int, hidden=(128,)):
+    def __init__(self, num_inputs: int, latent_dim: int, hidden=(128,),
+                 sparse_grad: bool = True):
         super().__init__()
+        self.sparse_grad = sparse_grad
         if not hidden:
             raise ValueError("an encoder needs at least one hidden layer")
         width = hidden[0]
@@ -86,7 +113,9 @@ class Encoder(nn.Module):
         -------
         loc, scale : Tensor, shape (num_entities, latent_dim)
         """
-        a = bag.matrix.matmul(self.first)  # (E, width): pooled P_k + v_k V_k
+        sparse = self.sparse_grad and not bag.dense_grad
+        weight = F.embedding(bag.columns, self.first, sparse=sparse)  # (C, width)
+        a = bag.matrix.matmul(weight)  # (E, width): pooled P_k + v_k V_k
         a = a + self.evidence * torch.log1p(bag.counts).unsqueeze(-1) + self.first_bias
         h = self.body(torch.tanh(a))  # (E, hidden[-1])
         loc = self.loc(h)
@@ -116,17 +145,20 @@ class AmortizedGuide(PyroModule):
         self.num_movies, self.num_users = num_movies, num_users
 
     def forward(self, batch: Batch) -> None:
-        z_movie_loc, z_movie_scale = _rows(self.movie_encoder(batch.movie_bag), batch.movie_rows)
+        z_movie_loc, z_movie_scale = _rows(self.movie_encoder(batch.movie_bag),
+                                           batch.movie_rows)  # (batch movies, D) each
         with pyro.plate("movies", self.num_movies, subsample=batch.movies, dim=-1), \
                 poutine.scale(scale=batch.movie_scale):
             pyro.sample("z_movie", dist.Normal(z_movie_loc, z_movie_scale).to_event(1))
 
-        z_user_loc, z_user_scale = _rows(self.user_encoder(batch.user_bag), batch.user_rows)
+        z_user_loc, z_user_scale = _rows(self.user_encoder(batch.user_bag),
+                                         batch.user_rows)  # (batch users, D) each
         with pyro.plate("users", self.num_users, subsample=batch.users, dim=-1), \
                 poutine.scale(scale=batch.user_scale):
             pyro.sample("z_user", dist.Normal(z_user_loc, z_user_scale).to_event(1))
 
 
-def _rows(loc_scale: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor):
+def _rows(loc_scale: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor | None):
+    """The batch's rows of an encoder output over every entity (None: already those)."""
     loc, scale = loc_scale
-    return loc[rows], scale[rows]  # (num_batch_entities, latent_dim) each
+    return (loc, scale) if rows is None else (loc[rows], scale[rows])

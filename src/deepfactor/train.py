@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .batching import Batch, RatingBatcher
 from .distributed import World
+from .optim import RowSparseAdam
 
 __all__ = ["TrainingDiverged", "TrainingInterrupted", "TrainSettings", "TrainResult",
            "SVITrainer", "kl_weight", "make_elbo"]
@@ -163,8 +164,8 @@ class SVITrainer:
         self.progress = progress and self.is_main
         self.record = record if self.is_main else None
         s = settings
-        # fused: one kernel for all parameters; 3 ms instead of 10 ms per step here
-        self.optimizer = torch.optim.Adam(loss_fn.parameters(), lr=s.lr, fused=True)
+        # fused Adam (3 ms instead of 10 ms per step here); lazy rows for sparse gradients
+        self.optimizer = RowSparseAdam(loss_fn.parameters(), lr=s.lr)
         decay = (s.lr_final / s.lr) ** (1 / max(s.epochs - 1, 1)) if s.lr_final else 1.0
         self.schedule = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=decay)
         self.result = TrainResult()
@@ -428,9 +429,17 @@ def _as_tuple(state):
 
 def _first_nonfinite_parameter(module: torch.nn.Module) -> str | None:
     for name, p in module.named_parameters():
+        grad = p.grad
+        if grad is not None and grad.is_sparse:
+            # Row-sparse (encoders' first layers): only the gradient's rows changed, and
+            # Adam moves a row by a bounded step given a finite gradient, so checking the
+            # gradient's values covers the step without reading all rows.
+            if not torch.isfinite(grad.coalesce().values()).all():
+                return f"the gradient of {name}"
+            continue
         if not torch.isfinite(p).all():
             return f"parameter {name}"
-        if p.grad is not None and not torch.isfinite(p.grad).all():
+        if grad is not None and not torch.isfinite(grad).all():
             return f"the gradient of {name}"
     return None
 

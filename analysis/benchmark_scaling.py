@@ -1,0 +1,297 @@
+"""Does an epoch cost time linear in the number of ratings, and what does Pyro cost on top?
+
+Question
+    With bounded encoder inputs (``guide.max_inputs``) and a row-sparse first layer, a
+    training step should cost ``O(B + (entities in the batch) x K)`` whatever the total
+    size, so seconds per epoch should grow linearly in the ratings (slope of
+    log(epoch time) against log(ratings) at most 1.1). How fast is it at 100K, 1M, 5M
+    and 25M ratings on 2 threads, how much memory does it hold, and how does the Pyro
+    path compare with the same minibatch computation written in plain PyTorch?
+Data
+    MovieLens-like synthetic ratings (:mod:`deepfactor.synthetic`: Zipf-like movie
+    popularity and user activity, at least 20 ratings per user, MovieLens entity counts),
+    drawn from a small truth model (decoder 40 tanh units on the product); no files.
+Model
+    ``models/gaussian.toml`` (its batch size, widths and ``guide.max_inputs``), Normal
+    likelihood, ``Trace_ELBO``. The Pyro path is the trainer's own step
+    (``SVITrainer._step``: loss, backward, :class:`~deepfactor.optim.RowSparseAdam`,
+    NaN guard) on batches from :class:`~deepfactor.batching.RatingBatcher`. The plain
+    path copies the same decoder and encoders and writes the same estimator by hand:
+    reparameterized draws, ``log q - log p`` of each latent weighted as the plates and
+    ``poutine.scale`` weight them, the Normal log-likelihood times ``N / B``; same
+    optimizer, same batches (batch building is timed in both).
+Simplified
+    * Each size is timed on ``--max-steps`` steps at most and the epoch time is
+      extrapolated (steps per epoch x mean step time, batch building included); the
+      output says when. Only training steps are timed: no validation, no scoring.
+    * The two paths are timed in interleaved blocks in one process, so that a change in
+      the machine's load hits both; their ratio is the figure to read, not the absolute
+      times, on a shared machine. The load average is printed before and after.
+    * Peak resident memory is the child process's peak after data generation and the Pyro
+      path's first steps, before the plain path's copy of the parameters is made (what a
+      fit holds, without the predictive pass at the end). Generation's own temporaries
+      are included, so it is an upper bound.
+
+Run: ``python analysis/benchmark_scaling.py [--sizes N ...] [--threads 2] [--out FILE]``.
+"""
+
+from __future__ import annotations
+
+# What tests/test_analysis.py runs: tiny sizes, a few steps, in seconds.
+QUICK_ARGS = ["--sizes", "3000", "20000", "--max-steps", "4", "--out", "scaling.json"]
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_SIZES = [100_000, 1_000_000, 5_000_000, 25_000_000]
+TARGETS = {"slope": 1.1, "ratings_per_s_largest": 500_000, "epoch_s_largest": 60.0,
+           "peak_gib": 4.0, "epoch_s_100k": 1.0, "pyro_over_plain": 0.7}
+
+
+def _child(num_ratings: int, threads: int, max_steps: int, config_path: str,
+           overrides: list[str]) -> dict:
+    """Time one size in this process; returns the row of the table."""
+    import copy
+    import resource
+    import time
+
+    import pyro
+
+    from deepfactor.batching import EncoderInputs, RatingBatcher
+    from deepfactor.config import load_config
+    from deepfactor.fitted import build_modules
+    from deepfactor.optim import RowSparseAdam
+    from deepfactor.synthetic import movielens_shape, simulate_movielens
+    from deepfactor.train import SVITrainer, TrainSettings, make_elbo
+
+    torch.set_num_threads(threads)
+    pyro.settings.set(module_local_params=True)
+    pyro.set_rng_seed(0)
+    config = load_config(config_path, overrides)
+    num_movies, num_users = movielens_shape(num_ratings)
+
+    start = time.perf_counter()
+    truth_config = load_config(config_path, [*overrides, "model.decoder_hidden=[40]",
+                                             "model.decoder_inputs=product"])
+    truth, _ = build_modules(truth_config, num_movies, num_users)
+    ratings, _ = simulate_movielens(truth, num_ratings, seed=0, output_bias=3.5)
+    del truth
+    generate_s = time.perf_counter() - start
+
+    center, spread = float(ratings.rating.mean()), float(ratings.rating.std())
+    inputs = EncoderInputs(ratings, ratings.rating, center, spread,
+                           max_inputs=config["guide.max_inputs"])
+    batcher = RatingBatcher(ratings, ratings.rating, inputs, config["train.batch_size"],
+                            np.random.default_rng(0))
+    model, guide = build_modules(config, num_movies, num_users)
+    with torch.no_grad():
+        model.decoder.output_bias.fill_(center)
+    loss_fn = make_elbo("trace")(model, guide)
+    trainer = SVITrainer(loss_fn, batcher, dict, TrainSettings.from_config(config),
+                         progress=False)
+    order = batcher.permutation()
+    size = batcher.batch_size
+    steps_per_epoch = len(batcher)
+    timed = min(max_steps, steps_per_epoch)
+
+    def positions(k: int) -> np.ndarray:
+        k %= steps_per_epoch
+        return order[k * size:(k + 1) * size]
+
+    def pyro_step(k: int) -> None:
+        trainer._step(batcher.batch(positions(k)))
+
+    pyro_step(0)
+    pyro_step(1)  # warm-up: allocations, optimizer state
+    peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    plain = _PlainELBO(copy.deepcopy(model), copy.deepcopy(guide))
+    plain_opt = RowSparseAdam(plain.parameters(), lr=config["train.lr"])
+
+    def plain_step(k: int) -> None:
+        batch = batcher.batch(positions(k))
+        plain_opt.zero_grad()
+        plain(batch).backward()
+        plain_opt.step()
+
+    plain_step(0)
+    plain_step(1)
+    seconds = {"pyro": 0.0, "plain": 0.0}
+    block = max(1, min(10, timed // 4))
+    done = 0
+    while done < timed:  # interleaved blocks, alternating which path goes first
+        n = min(block, timed - done)
+        paths = [("pyro", pyro_step), ("plain", plain_step)]
+        for name, step in paths if (done // block) % 2 == 0 else paths[::-1]:
+            t = time.perf_counter()
+            for k in range(2 + done, 2 + done + n):
+                step(k)
+            seconds[name] += time.perf_counter() - t
+        done += n
+
+    row = {"num_ratings": num_ratings, "num_movies": num_movies, "num_users": num_users,
+           "batch_size": size, "max_inputs": config["guide.max_inputs"],
+           "steps_per_epoch": steps_per_epoch, "steps_timed": timed,
+           "extrapolated": timed < steps_per_epoch, "generate_s": generate_s,
+           "peak_rss_gib": peak_bytes / 2**30}
+    for name, total in seconds.items():
+        epoch = total / timed * steps_per_epoch
+        row[f"{name}_ms_per_step"] = 1000 * total / timed
+        row[f"{name}_epoch_s"] = epoch
+        row[f"{name}_ratings_per_s"] = num_ratings / epoch
+    row["pyro_over_plain"] = row["pyro_ratings_per_s"] / row["plain_ratings_per_s"]
+    return row
+
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _normal_log_prob(x, loc, scale):
+    return -0.5 * ((x - loc) / scale) ** 2 - torch.log(scale) - _HALF_LOG_2PI
+
+
+class _PlainELBO(nn.Module):
+    """-ELBO minibatch estimate of deepfactor's model and guide, without Pyro."""
+
+    def __init__(self, model, guide):
+        super().__init__()
+        self.decoder = model.decoder
+        self.movie_encoder, self.user_encoder = guide.movie_encoder, guide.user_encoder
+        self.num_movies, self.num_users = model.num_movies, model.num_users
+        # PyroParam(positive) holds log(sigma) unconstrained, as here
+        self.log_sigma = nn.Parameter(model.likelihood.sigma.detach().log().clone())
+
+    def _latent(self, encoder, bag, rows, entities, entity_scale, num_entities):
+        loc, scale = encoder(bag)  # (E, D) each
+        if rows is not None:  # a bag of every entity (small data): the batch's rows
+            loc, scale = loc[rows], scale[rows]
+        z = loc + scale * torch.randn_like(loc)
+        log_ratio = (_normal_log_prob(z, loc, scale)
+                     - _normal_log_prob(z, torch.zeros_like(z), torch.ones_like(z)))
+        # the plate's subsample scale times the per-entity scale, as Pyro weights them
+        weight = entity_scale * (num_entities / len(entities))
+        return z, (weight * log_ratio.sum(-1)).sum()
+
+    def forward(self, batch):
+        z_movie, kl_movie = self._latent(self.movie_encoder, batch.movie_bag,
+                                         batch.movie_rows, batch.movies,
+                                         batch.movie_scale, self.num_movies)
+        z_user, kl_user = self._latent(self.user_encoder, batch.user_bag, batch.user_rows,
+                                       batch.users, batch.user_scale, self.num_users)
+        eta = self.decoder(z_movie[batch.movie_local], z_user[batch.user_local])  # (B,)
+        log_lik = _normal_log_prob(batch.target, eta, self.log_sigma.exp()).sum()
+        return kl_movie + kl_user - log_lik * (batch.num_ratings / len(batch))
+
+
+def _threading() -> dict:
+    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "torch_num_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads()}
+
+
+def _slope(rows: list[dict], key: str) -> float:
+    if len(rows) < 2:
+        return float("nan")
+    x = np.log([r["num_ratings"] for r in rows])
+    return float(np.polyfit(x, np.log([r[key] for r in rows]), 1)[0])
+
+
+def _report(rows: list[dict], threading: dict, load: tuple) -> dict:
+    print(f"threads: {threading}")
+    print(f"load average before: {load[0]}, after: {load[1]} (2 cores)")
+    head = (f"{'ratings':>11} {'movies':>7} {'users':>7} {'steps':>9} {'epoch s':>8} "
+            f"{'ratings/s':>10} {'plain s':>8} {'plain r/s':>10} {'pyro/plain':>10} "
+            f"{'peak GiB':>8} {'gen s':>6}")
+    print(head)
+    for r in rows:
+        steps = f"{r['steps_timed']}/{r['steps_per_epoch']}"
+        print(f"{r['num_ratings']:>11,} {r['num_movies']:>7,} {r['num_users']:>7,} "
+              f"{steps:>9} {r['pyro_epoch_s']:>8.2f} {r['pyro_ratings_per_s']:>10,.0f} "
+              f"{r['plain_epoch_s']:>8.2f} {r['plain_ratings_per_s']:>10,.0f} "
+              f"{r['pyro_over_plain']:>10.2f} {r['peak_rss_gib']:>8.2f} {r['generate_s']:>6.1f}")
+    if any(r["extrapolated"] for r in rows):
+        print("epoch times marked steps k/n were timed on k of the epoch's n steps and "
+              "extrapolated (n x mean step time)")
+    slope, plain_slope = _slope(rows, "pyro_epoch_s"), _slope(rows, "plain_epoch_s")
+    largest = rows[-1]
+    checks = {
+        "slope": (slope, slope <= TARGETS["slope"]),
+        "ratings_per_s_largest": (
+            largest["pyro_ratings_per_s"],
+            largest["pyro_ratings_per_s"] >= TARGETS["ratings_per_s_largest"]),
+        "epoch_s_largest": (largest["pyro_epoch_s"],
+                            largest["pyro_epoch_s"] <= TARGETS["epoch_s_largest"]),
+        "peak_gib": (max(r["peak_rss_gib"] for r in rows),
+                     max(r["peak_rss_gib"] for r in rows) < TARGETS["peak_gib"]),
+        "pyro_over_plain": (min(r["pyro_over_plain"] for r in rows),
+                            min(r["pyro_over_plain"] for r in rows) >= TARGETS["pyro_over_plain"]),
+    }
+    near_100k = [r for r in rows if r["num_ratings"] == 100_000]
+    if near_100k:
+        e = near_100k[0]["pyro_epoch_s"]
+        checks["epoch_s_100k"] = (e, e < TARGETS["epoch_s_100k"])
+    print(f"slope of log(epoch s) on log(ratings): Pyro {slope:.3f}, plain {plain_slope:.3f}")
+    for name, (value, ok) in checks.items():
+        print(f"  {name:<24} {value:>12.3f}  target {TARGETS[name]:<9g} "
+              f"{'met' if ok else 'NOT met'}")
+    return {"rows": rows, "threading": threading, "load_average": list(load),
+            "slope": slope, "plain_slope": plain_slope, "targets": TARGETS,
+            "checks": {k: {"value": v, "met": ok} for k, (v, ok) in checks.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=DEFAULT_SIZES)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-steps", type=int, default=60,
+                        help="steps timed per size at most (then extrapolated)")
+    parser.add_argument("--config", default=os.path.join(REPO, "models", "gaussian.toml"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, as for deepfactor fit (repeatable)")
+    parser.add_argument("--out", default="benchmark_scaling.json", help="JSON file")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(_child(args.child, args.threads, args.max_steps, args.config,
+                                args.set)))
+        return
+
+    load_before = os.getloadavg()[0]
+    rows = []
+    for n in sorted(args.sizes):  # one process per size: its own peak memory
+        out = subprocess.run([sys.executable, __file__, "--child", str(n), "--threads",
+                              str(args.threads), "--max-steps", str(args.max_steps),
+                              "--config", args.config,
+                              *(f"--set={kv}" for kv in args.set)],
+                             capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(f"size {n} failed:\n{out.stderr[-3000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"done {n:,} ratings: {rows[-1]['pyro_epoch_s']:.2f} s/epoch", flush=True)
+    torch.set_num_threads(args.threads)
+    print(f"config: {args.config} {' '.join(args.set)}")
+    result = _report(rows, _threading(), (load_before, os.getloadavg()[0]))
+    result["config"], result["overrides"] = args.config, args.set
+    folder = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(folder, exist_ok=True)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
