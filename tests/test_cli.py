@@ -117,3 +117,30 @@ def test_load_reads_the_run_metrics(run_dir):
     import deepfactor
 
     assert deepfactor.load(run_dir).metrics["test"]["num_ratings"] == 120
+
+
+def test_resuming_a_finished_run_changes_nothing(run_dir):
+    before = (run_dir / "model.pt").read_bytes()
+    result = run("fit", "--resume", str(run_dir))
+    assert result.returncode == 2 and "nothing to resume" in result.stderr
+    assert (run_dir / "model.pt").read_bytes() == before
+
+
+def test_a_relative_data_file_is_saved_absolute_and_found_from_elsewhere(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    rows = [f"u{u}\tm{m}\t{1 + (u * 7 + m) % 5}" for u in range(25) for m in range(12)
+            if (u + m) % 3]
+    (work / "ratings.tsv").write_text("\n".join(rows) + "\n")
+    settings = ["--set", "data.dataset=file", "--set", "data.split=random",
+                "--set", 'data.columns=["user", "movie", "rating"]',
+                "--set", 'data.separator="\t"', "--set", "data.header=false",
+                "--set", "model.latent_dim=2", "--set", "train.epochs=1",
+                "--set", "train.batch_size=100", "--set", "eval.num_samples=5"]
+    result = run("fit", str(REPO / "models" / "gaussian.toml"), "--out", "run", "--quiet",
+                 "--data", "ratings.tsv", *settings, cwd=work)
+    assert result.returncode == 0, result.stderr
+    saved = (work / "run" / "config.toml").read_text()
+    assert f'path = "{work / "ratings.tsv"}"' in saved
+    again = run("evaluate", str(work / "run"), cwd=tmp_path)  # another working directory
+    assert again.returncode == 0, again.stderr

@@ -217,16 +217,38 @@ def _fit_setup(args):
                              "give no CONFIG, --set or --seed with it")
         out = Path(args.resume)
         config, state = read_training_checkpoint(out / TRAINING_CHECKPOINT)
+        model = out / "model.pt"
+        if model.exists() and model.stat().st_mtime >= (out / TRAINING_CHECKPOINT).stat().st_mtime:
+            raise UsageError(f"{out} holds a finished run ({model.name} is newer than its "
+                             f"{TRAINING_CHECKPOINT}); there is nothing to resume")
         return config, out, state
     if not args.config:
         raise UsageError("fit needs a CONFIG file (or --resume RUN)")
     overrides = list(args.set) + ([f"train.seed={args.seed}"] if args.seed is not None else [])
-    config = load_config(args.config, overrides)
+    config = _with_absolute_data_path(load_config(args.config, overrides), args.data)
+    args.data = None  # now in the configuration, which the run directory keeps
     out = Path(args.out) if args.out else Path("runs") / (
         f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     if (out / "model.pt").exists() and not args.overwrite:
         raise UsageError(f"{out} already holds a run; choose another --out or pass --overwrite")
     return config, out, None
+
+
+def _with_absolute_data_path(config, data_arg):
+    """``config`` with ``--data`` (or a relative ``data.path``) as an absolute data.path.
+
+    The run directory's config.toml is then enough to find the data again from any
+    working directory (evaluate, check, recommend's titles). An empty data.path (search
+    $DEEPFACTOR_DATA, then the cache) stays empty.
+    """
+    from .config import Config
+
+    path = data_arg or config["data.path"]
+    if not path:
+        return config
+    nested = config.nested()
+    nested["data"]["path"] = str(Path(path).expanduser().resolve())
+    return Config.from_dict(nested, source=config.source)
 
 
 def _csv(rows: list[dict]) -> str:

@@ -229,6 +229,9 @@ class SVITrainer:
             distributed.broadcast_module(self.loss_fn)
         bar = tqdm(total=self.settings.epochs, initial=self.epoch, desc="fit", unit="epoch",
                    disable=not self.progress)
+        if self.result.history and self.position == 0:
+            # resumed from the state of a finished run: its stop decision stands
+            self.result.stop_reason = self._stop_reason(self.result.history[-1])
         with bar, self._signals_caught():
             while not self.result.stop_reason:
                 self._train_epoch()
