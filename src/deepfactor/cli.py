@@ -389,7 +389,8 @@ def _recommend(args) -> int:
                 who = fold_in(fitted, ratings, name=Path(args.ratings).name,
                               unknown="error" if args.strict else "warn")
             except ValueError as err:  # a value the likelihood does not accept
-                raise UsageError(f"{args.ratings}: {err}") from None
+                raise UsageError(f"{args.ratings}: {err}" if Path(args.ratings).name
+                                 not in str(err) else str(err)) from None
         for warning in caught:
             print(f"deepfactor: warning: {warning.message}", file=sys.stderr)
         label = f"a new user from {args.ratings} ({len(who.rated)} ratings read)"

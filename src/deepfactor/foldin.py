@@ -220,8 +220,8 @@ def fold_in(fitted: FittedModel, ratings: Mapping[object, float], *, kind: Kind 
                       FoldInWarning, stacklevel=2)
     ids = [i for i, ok in zip(ids, known) if ok]
     rated = others.index_of(ids, what=f"{other} id")  # (n,)
-    targets = fitted.model.likelihood.prepare(values[known], source=f"ratings of {name!r}",
-                                              lines=np.flatnonzero(known) + 1)
+    targets = fitted.model.likelihood.prepare(values[known],
+                                              source=f"fold-in of {kind} {name!r}")
     if not len(rated) and unknown != "ignore":
         warnings.warn(f"fold-in of {kind} {name!r}: no rating of a known {other}, so its "
                       "posterior is the prior N(0, I)", FoldInWarning, stacklevel=2)
