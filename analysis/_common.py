@@ -78,6 +78,19 @@ def fit_quietly(config, **options):
     return fitted, time.perf_counter() - start
 
 
+def fit_on_split(args, likelihood: str = "normal"):
+    """Config, data and a quiet fit on ``--split`` (synthetic data with ``--quick``).
+
+    Returns (config, data, fitted, seconds).
+    """
+    from deepfactor.fitting import load_data
+
+    config = config_for(likelihood, args, [] if args.quick else [f"data.split={args.split}"])
+    data = load_data(config)
+    fitted, seconds = fit_quietly(config, data=data)
+    return config, data, fitted, seconds
+
+
 def out_dir(args) -> Path:
     path = Path(args.out)
     path.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,6 @@ import pandas as pd  # noqa: E402
 
 from deepfactor.data.datasets import resolve_dataset  # noqa: E402
 from deepfactor.data.readers import read_movie_genres  # noqa: E402
-from deepfactor.fitting import load_data  # noqa: E402
 
 #: Genres given a colour, most distinctive first (a movie takes the first it has).
 SHOWN = ("Documentary", "Horror", "Children's", "Film-Noir", "Sci-Fi", "Romance",
@@ -103,9 +102,7 @@ def main() -> None:
     args = p.parse_args()
     _common.quiet_logs()
     out = _common.out_dir(args)
-    config = _common.config_for("normal", args, [] if args.quick else [f"data.split={args.split}"])
-    data = load_data(config)
-    fitted, seconds = _common.fit_quietly(config, data=data)
+    config, data, fitted, seconds = _common.fit_on_split(args)
     genres, flags = genre_flags(config, data, fitted)
     keep = fitted.encoder_ratings.movie_counts() >= (1 if args.quick else args.min_ratings)
     dims = _common.active_dimensions(fitted, at_least=2)

@@ -42,7 +42,6 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from deepfactor.fitting import load_data  # noqa: E402
 from deepfactor.predict import chunks, draw_eta  # noqa: E402
 
 EDGES = np.array([0, 1, 2, 5, 10, 20, 50, 100, 200, 500, np.inf])
@@ -75,9 +74,7 @@ def main() -> None:
     args = p.parse_args()
     _common.quiet_logs()
     out = _common.out_dir(args)
-    config = _common.config_for("normal", args, [] if args.quick else [f"data.split={args.split}"])
-    data = load_data(config)
-    fitted, seconds = _common.fit_quietly(config, data=data)
+    config, data, fitted, seconds = _common.fit_on_split(args)
     test = fitted.reindex(data.test)
     n_user = fitted.encoder_ratings.user_counts()
     n_movie = fitted.encoder_ratings.movie_counts()
