@@ -349,3 +349,22 @@ def test_the_fitted_object_offers_fold_in_recommend_and_complete():
     assert len(fitted.recommend(new, 2)) == 2
     a, b = fitted.complete(users=[user]), complete(fitted, users=[user])
     np.testing.assert_array_equal(a.mean, b.mean)
+
+
+def test_the_fitted_models_recommend_reads_titles_once_by_itself(fitted, tmp_path):
+    import copy
+
+    ids = fitted.movie_ids.raw
+    (tmp_path / "u.data").write_text("1\t1\t5\t0\n")
+    (tmp_path / "u.item").write_bytes("".join(f"{m}|Film {m} (1995)|x\n" for m in ids)
+                                      .encode("latin-1"))
+    other = copy.copy(fitted)
+    other.config = fitted.config.replace(**{"data.dataset": "ml-100k",
+                                            "data.path": str(tmp_path)})
+    other._titles = None
+    user = fitted.user_ids.raw[0]
+    top = other.recommend(user, k=3)
+    assert all(t == f"Film {m} (1995)" for m, t in zip(top["movie"], top["title"]))
+    (tmp_path / "u.item").unlink()  # read once: the second call does not need the file
+    assert list(other.recommend(user, k=3)["title"]) == list(top["title"])
+    assert top["title"].notna().all()

@@ -81,6 +81,7 @@ class FittedModel:
                                                      len(self.user_ids))
         self.metrics = metrics or {}
         self.history = history or []
+        self._titles: dict[str, str] | None = None  # read on first recommend()
 
     @property
     def likelihood(self) -> str:
@@ -143,9 +144,17 @@ class FittedModel:
         return fold_in(self, ratings, **options)
 
     def recommend(self, user, k: int = 10, **options) -> pd.DataFrame:
-        """Top-``k`` movies for a user or a fold-in; see :func:`deepfactor.recommend.recommend`."""
-        from .recommend import recommend
+        """Top-``k`` movies for a user or a fold-in; see :func:`deepfactor.recommend.recommend`.
 
+        Without ``titles=``, the titles come from the dataset's movie file when it is
+        found (:func:`deepfactor.recommend.movie_titles`, read once per fitted model).
+        """
+        from .recommend import movie_titles, recommend
+
+        if "titles" not in options:
+            if self._titles is None:
+                self._titles = movie_titles(self)
+            options["titles"] = self._titles
         return recommend(self, user, k, **options)
 
     def complete(self, users=None, movies=None, **options):
