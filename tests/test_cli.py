@@ -144,3 +144,14 @@ def test_a_relative_data_file_is_saved_absolute_and_found_from_elsewhere(tmp_pat
     assert f'path = "{work / "ratings.tsv"}"' in saved
     again = run("evaluate", str(work / "run"), cwd=tmp_path)  # another working directory
     assert again.returncode == 0, again.stderr
+
+
+def test_predict_to_standard_output(run_dir, tmp_path):
+    import io
+
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("3\t7\n1\t2\n")
+    result = run("predict", str(run_dir), "--pairs", str(pairs), "--out", "-", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    frame = pd.read_csv(io.StringIO(result.stdout), dtype={"user": str, "movie": str})
+    assert list(frame["user"]) == ["3", "1"] and not (tmp_path / "-").exists()

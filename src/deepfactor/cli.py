@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("run", help="run directory written by fit")
     pr.add_argument("--pairs", required=True,
                     help="file of user and movie raw ids, one pair a line (u1.test works)")
-    pr.add_argument("--out", required=True, help="CSV file to write")
+    pr.add_argument("--out", required=True, help="CSV file to write ('-': standard output)")
     pr.add_argument("--samples", type=int, help="posterior draws (default: eval.num_samples)")
 
     ck = sub.add_parser("check", help="posterior (or prior) predictive checks, calibration, "
@@ -334,6 +334,9 @@ def _predict(args) -> int:
     fitted = load(args.run)
     users, movies = read_pairs(args.pairs)
     frame = fitted.predict(users, movies, num_samples=args.samples)
+    if args.out == "-":
+        sys.stdout.write(frame.to_csv(index=False))
+        return 0
     write_text(args.out, frame.to_csv(index=False))
     log.info("wrote %d predictions to %s", len(frame), args.out)
     return 0
