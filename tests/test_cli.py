@@ -65,7 +65,8 @@ def test_evaluate_reproduces_the_fit_metrics(run_dir):
     (["fit", "models/gaussian.toml", "--set", "model.latnet_dim=4"], "unknown key"),
     (["fit", "nope.toml"], "nope.toml: no such configuration file"),
     (["fit", "models/gaussian.toml", "--data", "/nonexistent/place"], "not found in the given"),
-    (["predict", "/nonexistent/run", "--pairs", "x", "--out", "y"], "no such checkpoint"),
+    (["predict", "/nonexistent/run", "--pairs", "x", "--out", "y"],
+     "/nonexistent/run: no such run directory"),
 ])
 def test_user_errors_are_one_line_exit_2(args, message):
     result = run(*args, cwd=REPO)

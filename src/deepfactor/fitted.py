@@ -199,6 +199,8 @@ class FittedModel:
         path = Path(run_dir)
         if path.is_dir():
             path = path / CHECKPOINT_NAME
+        elif not path.exists():
+            raise CheckpointError(f"{path}: no such run directory")
         state = load_checkpoint(path)
         try:
             config = Config.from_dict(state["config"], source=str(path))
