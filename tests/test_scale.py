@@ -186,3 +186,21 @@ def test_small_data_reads_every_entity_with_a_dense_gradient():
     assert batch.movie_bag is inputs.every_movie() and batch.movie_bag.dense_grad
     assert batch.movie_bag.nnz == 2 * len(ratings)  # every rating, both channels
     np.testing.assert_array_equal(batch.movie_rows.numpy(), batch.movies.numpy())
+
+
+def test_input_sampling_leaves_the_permutations_alone():
+    """Data-parallel ranks sample inputs for different shards; their epochs must agree."""
+    ratings, inputs = _skewed_inputs(np.random.default_rng(3), max_inputs=4)
+    a = RatingBatcher(ratings, ratings.rating, inputs, 50, np.random.default_rng(9))
+    b = RatingBatcher(ratings, ratings.rating, inputs, 50, np.random.default_rng(9))
+    assert not a.every_entity  # 3000 ratings > 16 batches of 50: inputs are sampled
+    order = a.permutation()
+    np.testing.assert_array_equal(order, b.permutation())
+    for start in range(0, 1000, 50):  # only a draws input samples
+        a.batch(order[start:start + 50])
+    np.testing.assert_array_equal(a.permutation(), b.permutation())
+    # and the samples themselves are seeded: a third batcher draws a's first bag again
+    c = RatingBatcher(ratings, ratings.rating, inputs, 50, np.random.default_rng(9))
+    d = RatingBatcher(ratings, ratings.rating, inputs, 50, np.random.default_rng(9))
+    first, again = c.batch(order[:50]), d.batch(order[:50])
+    torch.testing.assert_close(first.movie_bag.columns, again.movie_bag.columns)

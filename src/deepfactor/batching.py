@@ -334,8 +334,12 @@ class RatingBatcher:
     inputs : EncoderInputs
     batch_size : int
     generator : numpy.random.Generator
-        Draws the permutations and the encoders' input samples (seeded by the
-        caller, for reproducibility; its state is part of a training checkpoint).
+        Draws the permutations (seeded by the caller, for reproducibility). The
+        encoders' input samples come from a second generator, ``input_generator``,
+        spawned from its seed, so that the permutations do not depend on how many
+        samples were drawn: data-parallel ranks, which sample for different shards,
+        keep drawing the same permutations. Both states are part of a training
+        checkpoint.
     """
 
     def __init__(self, ratings: Ratings, targets: np.ndarray, inputs: EncoderInputs,
@@ -345,6 +349,8 @@ class RatingBatcher:
         self.ratings, self.targets, self.inputs = ratings, targets, inputs
         self.batch_size = min(batch_size, len(ratings))
         self.generator = generator
+        self.input_generator = np.random.Generator(
+            type(generator.bit_generator)(generator.bit_generator.seed_seq.spawn(1)[0]))
         self._totals = (ratings.movie_counts(), ratings.user_counts())
         self.every_entity = len(ratings) <= SMALL_DATA_FACTOR * self.batch_size
 
@@ -362,7 +368,8 @@ class RatingBatcher:
 
     def batch(self, positions: np.ndarray, kl_weight: float = 1.0) -> Batch:
         return make_batch(self.ratings, self.targets, positions, self.inputs,
-                          kl_weight=kl_weight, totals=self._totals, generator=self.generator,
+                          kl_weight=kl_weight, totals=self._totals,
+                          generator=self.input_generator,
                           every_entity=self.every_entity)
 
     def full(self) -> Batch:

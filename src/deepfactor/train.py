@@ -191,7 +191,8 @@ class SVITrainer:
             "since_best": self.since_best, "history": self.result.history,
             "best_epoch": self.result.best_epoch, "elapsed": self._seconds(),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                    "batcher": self.batcher.generator.bit_generator.state},
+                    "batcher": self.batcher.generator.bit_generator.state,
+                    "batcher_inputs": self.batcher.input_generator.bit_generator.state},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -208,6 +209,8 @@ class SVITrainer:
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(_as_tuple(state["rng"]["python"]))
         self.batcher.generator.bit_generator.state = state["rng"]["batcher"]
+        if "batcher_inputs" in state["rng"]:  # absent in checkpoints of 0.1 before it
+            self.batcher.input_generator.bit_generator.state = state["rng"]["batcher_inputs"]
 
     # -- the loop -------------------------------------------------------------------------
 
