@@ -13,8 +13,10 @@ from deepfactor.fitting import fit
 from conftest import small_config
 
 
-def test_fitted_model_round_trips_in_a_fresh_process(tmp_path):
-    fitted = fit(small_config(), progress=False)
+@pytest.mark.parametrize("inputs", ["sparse", "sketch"])
+def test_fitted_model_round_trips_in_a_fresh_process(tmp_path, inputs):
+    fitted = fit(small_config(**{"guide.inputs": inputs, "guide.sketch_dim": 8}),
+                 progress=False)
     fitted.save(tmp_path)
     users, movies = fitted.user_ids.raw[:5], fitted.movie_ids.raw[:5]
     expected = fitted.predict(users, movies)

@@ -18,8 +18,9 @@ def _untimed(history):
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 
 
-def test_held_out_values_change_no_prediction(rng):
-    config = small_config()
+@pytest.mark.parametrize("inputs", ["sparse", "sketch"])
+def test_held_out_values_change_no_prediction(rng, inputs):
+    config = small_config(**{"guide.inputs": inputs, "guide.sketch_dim": 8})
     data = load_data(config)
     changed = SplitData(data.train, _perturbed(data.test, rng), data.name)
     a = fit(config, data=data, progress=False)

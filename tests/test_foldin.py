@@ -16,9 +16,11 @@ from deepfactor.foldin import FoldInWarning, fold_in, read_fold_in_ratings
 from conftest import small_config
 
 
-@pytest.fixture(scope="module")
-def fitted():
-    return fit(small_config(**{"train.epochs": 4}), progress=False)
+@pytest.fixture(scope="module", params=["sparse", "sketch"])
+def fitted(request):
+    """A small fit whose encoders read sparse rows, or sketches of them."""
+    return fit(small_config(**{"train.epochs": 4, "guide.inputs": request.param,
+                               "guide.sketch_dim": 8}), progress=False)
 
 
 def _ratings_of(fitted, user: int) -> dict[str, float]:

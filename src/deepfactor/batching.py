@@ -31,6 +31,7 @@ objective this optimizes is said in :mod:`deepfactor.guide`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 
 from .data.ratings import Ratings, SparseRows
+from .sketch import DenseRows, Sketch
 from .sparse import SparseMatrix
 from .subsample import concat_ranges, sample_rows
 
@@ -65,7 +67,8 @@ class SparseBag:
 
     Attributes
     ----------
-    matrix : SparseMatrix, shape (num_entities, num_touched)
+    matrix : SparseMatrix or DenseRows, shape (num_entities, num_touched)
+        (:class:`~deepfactor.sketch.DenseRows` for sketched inputs: ``2 d`` columns.)
     columns : LongTensor, shape (num_touched,)
         Row of the encoder's first-layer weight (``0 .. 2K-1``) of each column.
     counts : Tensor, shape (num_entities,)
@@ -84,7 +87,7 @@ class SparseBag:
     @property
     def nnz(self) -> int:
         """Entries of ``matrix`` (both channels): what a step's first layer reads."""
-        return int(self.matrix.csr.values().shape[0])
+        return self.matrix.nnz
 
 
 class EncoderInputs:
@@ -107,10 +110,15 @@ class EncoderInputs:
     max_inputs : int
         ``K``: a bag built with a random generator reads at most ``K`` random
         ratings of each entity (0: all). Bags built without one read all.
+    sketch : Sketch, optional
+        Give the encoders each entity's sketch (:mod:`deepfactor.sketch`) instead of
+        its sparse row: computed once for every entity, from all of its ratings
+        (``max_inputs`` is then unused).
     """
 
     def __init__(self, ratings: Ratings, targets: np.ndarray, center: float, spread: float,
-                 pooling_power: float = 0.5, max_inputs: int = 0):
+                 pooling_power: float = 0.5, max_inputs: int = 0,
+                 sketch: Sketch | None = None):
         if max_inputs < 0:
             raise ValueError(f"max_inputs must be 0 (all) or positive, got {max_inputs}")
         standardized = (np.asarray(targets, dtype=np.float64) - center) / spread
@@ -123,6 +131,22 @@ class EncoderInputs:
         self.max_inputs = int(max_inputs)
         self._scratch: dict[int, np.ndarray] = {}
         self._cached: dict[str, SparseBag] = {}
+        self.sketch: Sketch | None = None
+        if sketch is not None:
+            self._read_through(sketch)
+
+    def with_sketch(self, sketch: Sketch) -> EncoderInputs:
+        """The same inputs, read through ``sketch`` (the rows are shared, not copied)."""
+        other = copy.copy(self)
+        other._scratch, other._cached = {}, {}
+        other._read_through(sketch)
+        return other
+
+    def _read_through(self, sketch: Sketch) -> None:
+        self.sketch = sketch
+        self._sketched = {  # (num_entities, 2 d) each
+            "movie": sketch.movie.project(self.by_movie, self.pooling_power),
+            "user": sketch.user.project(self.by_user, self.pooling_power)}
 
     def movie_bag(self, movies: np.ndarray,
                   generator: np.random.Generator | None = None) -> SparseBag:
@@ -131,12 +155,16 @@ class EncoderInputs:
         With ``generator`` (training), each movie is read from at most ``max_inputs``
         random ratings; without it, from all of them (prediction, checks, fold-in).
         """
+        if self.sketch is not None:
+            return self._sketch_bag("movie", self.by_movie, np.asarray(movies))
         return self._build(self.by_movie, np.asarray(movies), self.by_user.num_rows,
                            generator)
 
     def user_bag(self, users: np.ndarray,
                  generator: np.random.Generator | None = None) -> SparseBag:
         """The bag of ``users``; see :meth:`movie_bag`."""
+        if self.sketch is not None:
+            return self._sketch_bag("user", self.by_user, np.asarray(users))
         return self._build(self.by_user, np.asarray(users), self.by_movie.num_rows,
                            generator)
 
@@ -150,10 +178,21 @@ class EncoderInputs:
 
     def _every(self, kind: str, rows: SparseRows, num_cols: int) -> SparseBag:
         if kind not in self._cached:
-            bag = self._build(rows, np.arange(rows.num_rows), num_cols, None)
+            bag = (self._sketch_bag(kind, rows, None) if self.sketch is not None else
+                   self._build(rows, np.arange(rows.num_rows), num_cols, None))
             self._cached[kind] = SparseBag(bag.matrix, bag.columns, bag.counts,
                                            dense_grad=True)
         return self._cached[kind]
+
+    def _sketch_bag(self, kind: str, rows: SparseRows, selected: np.ndarray | None
+                    ) -> SparseBag:
+        """The sketches of ``selected`` (None: every entity); a small dense weight."""
+        features, counts = self._sketched[kind], rows.counts
+        if selected is not None:
+            features, counts = features[torch.from_numpy(selected)], counts[selected]
+        return SparseBag(DenseRows(features), torch.arange(features.shape[1]),
+                         torch.as_tensor(counts, dtype=torch.get_default_dtype()),
+                         dense_grad=True)
 
     def _renumber(self, indices: np.ndarray, num_cols: int) -> tuple[np.ndarray, np.ndarray]:
         """Distinct ``indices`` (first-seen order) and each entry's position among them.

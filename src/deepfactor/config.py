@@ -125,6 +125,12 @@ KEYS: dict[str, Key] = {
                                   "a non-empty list of positive integers")),
     "guide.max_inputs": _key(100, int, "K: in training, an entity with more ratings is "
                              "encoded from K random ones (rescaled; 0 = all)", _nonneg),
+    "guide.inputs": _key("sparse", str, "what an encoder reads: 'sparse' (its rating row, "
+                         "through a learned weight per column) or 'sketch' (the row "
+                         "projected once onto a fixed basis of sketch_dim directions; "
+                         "for large data)", _choice("sparse", "sketch")),
+    "guide.sketch_dim": _key(64, int, "d, directions of the sketch basis "
+                             "(guide.inputs = 'sketch')", _pos),
     # train
     "train.elbo": _key("trace", str, "'trace' (Trace_ELBO) or 'meanfield' "
                        "(TraceMeanField_ELBO, analytic KL)", _choice("trace", "meanfield")),

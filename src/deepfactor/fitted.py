@@ -22,6 +22,7 @@ from .guide import AmortizedGuide, Encoder
 from .likelihoods import make_likelihood
 from .model import Decoder, MatrixFactorization
 from .predict import Posterior, encode_posterior, predictive_summaries
+from .sketch import Sketch
 
 __all__ = ["FittedModel", "build_modules", "load"]
 
@@ -40,9 +41,11 @@ def build_modules(config: Config, num_movies: int, num_users: int
                       activation=config["model.decoder_activation"])
     model = MatrixFactorization(num_movies, num_users, decoder, likelihood)
     hidden = tuple(config["guide.encoder_hidden"])
-    guide = AmortizedGuide(Encoder(num_users, model.total_dim, hidden),
-                           Encoder(num_movies, model.total_dim, hidden),
-                           num_movies, num_users)
+    sketched = config["guide.inputs"] == "sketch"  # then both read 2 d sketch coordinates
+    guide = AmortizedGuide(
+        Encoder(config["guide.sketch_dim"] if sketched else num_users, model.total_dim, hidden),
+        Encoder(config["guide.sketch_dim"] if sketched else num_movies, model.total_dim, hidden),
+        num_movies, num_users)
     return model, guide
 
 
@@ -70,11 +73,13 @@ class FittedModel:
 
     def __init__(self, config: Config, model: MatrixFactorization, guide: AmortizedGuide,
                  encoder_ratings: Ratings, center: float, spread: float,
-                 metrics: dict | None = None, history: list[dict] | None = None):
+                 metrics: dict | None = None, history: list[dict] | None = None,
+                 sketch: Sketch | None = None):
         self.config, self.model, self.guide = config, model, guide
         self.encoder_ratings = encoder_ratings
         self.movie_ids, self.user_ids = encoder_ratings.movie_ids, encoder_ratings.user_ids
-        self.inputs = EncoderInputs(encoder_ratings, encoder_ratings.rating, center, spread)
+        self.inputs = EncoderInputs(encoder_ratings, encoder_ratings.rating, center, spread,
+                                    sketch=sketch)
         self.model.eval()
         self.guide.eval()
         self.posterior: Posterior = encode_posterior(guide, self.inputs, len(self.movie_ids),
@@ -190,6 +195,7 @@ class FittedModel:
                                 "user": torch.from_numpy(r.user),
                                 "target": torch.from_numpy(r.rating)},
             "input_standardization": {"center": self.inputs.center, "spread": self.inputs.spread},
+            "sketch": self.inputs.sketch.state() if self.inputs.sketch is not None else None,
         })
         return path
 
@@ -219,7 +225,13 @@ class FittedModel:
         ratings = Ratings(r["movie"].numpy(), r["user"].numpy(), r["target"].numpy(),
                           movie_ids, user_ids, source=str(path))
         std = state["input_standardization"]
-        return cls(config, model, guide, ratings, std["center"], std["spread"])
+        sketch = state.get("sketch")
+        if (sketch is None) != (config["guide.inputs"] != "sketch"):
+            raise CheckpointError(f"{path}: guide.inputs is {config['guide.inputs']!r} but "
+                                  f"the file {'lacks' if sketch is None else 'holds'} a "
+                                  "sketch basis")
+        return cls(config, model, guide, ratings, std["center"], std["spread"],
+                   sketch=Sketch.from_state(sketch) if sketch is not None else None)
 
 
 def _both_indices(fitted: FittedModel, users: list[str], movies: list[str]):

@@ -41,6 +41,7 @@ from .metrics import METRIC_KEYS, rating_metrics
 from .predict import encode_posterior, predictive_summaries
 from .reproducibility import configure_threads, set_seed
 from .simulate import SyntheticTruth, simulate
+from .sketch import Sketch
 from .train import SVITrainer, TrainSettings, make_elbo
 
 __all__ = ["SplitData", "load_data", "fit", "evaluate", "read_training_checkpoint"]
@@ -175,6 +176,16 @@ def fit(config: Config, *, data: SplitData | None = None,
     center, spread = float(np.mean(fit_part.rating)), float(np.std(fit_part.rating)) or 1.0
     fit_inputs = EncoderInputs(fit_part, fit_part.rating, center, spread,
                                max_inputs=config["guide.max_inputs"])
+    world = current_world()
+    if config["guide.inputs"] == "sketch":  # the basis comes from the fit ratings only
+        sketch = None
+        if world is None or world.is_main:
+            sketch = Sketch.fit(fit_inputs.by_movie, fit_inputs.by_user,
+                                config["guide.sketch_dim"], fit_inputs.pooling_power,
+                                config["train.seed"])
+        if world is not None:  # one basis for all ranks, whatever their LAPACK
+            sketch = broadcast_object(sketch)
+        fit_inputs = fit_inputs.with_sketch(sketch)
     likelihood.initialize(fit_part.rating)
     with torch.no_grad():
         model.decoder.output_bias.fill_(likelihood.link_inverse_of_mean(center))
@@ -199,7 +210,6 @@ def fit(config: Config, *, data: SplitData | None = None,
         save_checkpoint(checkpoint_path, {"kind": "training", "config": config.nested(),
                                           "trainer": state})
 
-    world = current_world()
     trainer = SVITrainer(loss_fn, batcher, validate, TrainSettings.from_config(config),
                          checkpoint=checkpoint if checkpoint_path else None, progress=progress,
                          world=world,
@@ -208,7 +218,8 @@ def fit(config: Config, *, data: SplitData | None = None,
         trainer.load_state_dict(resume)
     result = trainer.run()
 
-    fitted = FittedModel(config, model, guide, train, center, spread, history=result.history)
+    fitted = FittedModel(config, model, guide, train, center, spread, history=result.history,
+                         sketch=fit_inputs.sketch)
     if world is None or world.is_main:  # the ranks hold the same parameters: score once
         fitted.metrics = _metrics(fitted, data, loss_fn, batcher, result, start, val_part)
     if world is not None:

@@ -286,7 +286,7 @@ def encode_one(fitted: FittedModel, kind: Kind, rated: np.ndarray,
     else:
         view = Ratings(one, rated, targets, IdIndex(["new"]), fitted.user_ids)
     encoder_inputs = EncoderInputs(view, targets, inputs.center, inputs.spread,
-                                   inputs.pooling_power)
+                                   inputs.pooling_power, sketch=inputs.sketch)
     guide = fitted.guide
     if kind == "user":
         loc, scale = guide.user_encoder(encoder_inputs.user_bag(np.zeros(1, np.int64)))

@@ -63,6 +63,11 @@ class SparseMatrix:
     def shape(self) -> tuple[int, int]:
         return tuple(self.csr.shape)
 
+    @property
+    def nnz(self) -> int:
+        """Stored entries."""
+        return int(self.csr.values().shape[0])
+
     def matmul(self, weight: torch.Tensor) -> torch.Tensor:
         """``X @ weight`` for ``weight`` of shape (num_cols, width); (num_rows, width)."""
         return _SparseMatmul.apply(weight, self)
