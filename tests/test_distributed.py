@@ -24,9 +24,21 @@ from deepfactor.train import SVITrainer, TrainingInterrupted
 from conftest import small_config
 
 #: 461 fit ratings in batches of 115: four full steps and one of a single rating, so
-#: that rank 1's shard of the last step is empty.
+#: that rank 1's shard of the last step is empty. Small data: every entity is encoded
+#: from all of its ratings at each step.
 CONFIG = {"data.synthetic_ratings": 640, "train.batch_size": 115, "train.epochs": 2,
           "train.kl_warmup_epochs": 1, "train.kl_warmup_start": 0.5, "train.patience": 1}
+
+#: More than SMALL_DATA_FACTOR batches: each step draws at most 3 ratings per entity
+#: for the encoders, and their first layers take row-sparse (lazy Adam) steps.
+SAMPLED = {**CONFIG, "data.synthetic_movies": 60, "data.synthetic_users": 50,
+           "data.synthetic_ratings": 1500, "train.batch_size": 60, "guide.max_inputs": 3}
+
+#: Sketched encoder inputs (one basis, sent by rank 0).
+SKETCHED = {**SAMPLED, "guide.inputs": "sketch", "guide.sketch_dim": 6}
+
+PATHS = pytest.mark.parametrize("path", [CONFIG, SAMPLED, SKETCHED],
+                                ids=["every-entity", "sampled", "sketch"])
 
 
 def _rank(rank, world_size, port, nested, out, stop_at_step):
@@ -94,7 +106,7 @@ def _run_two_ranks(config, out, stop_at_step=0):
     out.mkdir(exist_ok=True)
     mp.spawn(_rank, args=(2, free_loopback_port(), config.nested(), out, stop_at_step),
              nprocs=2, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
 def _assert_same_parameters(a, b, atol):
@@ -117,10 +129,13 @@ def test_shards_partition_the_global_batch():
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_match_one_process_and_each_other(tmp_path):
-    config = small_config(**CONFIG)
+@PATHS
+def test_two_gloo_ranks_match_one_process_and_each_other(tmp_path, path):
+    config = small_config(**path)
     single = fit(config, progress=False)
-    assert len(single.history) == 2  # 10 steps, the last with one rating
+    assert len(single.history) == 2
+    assert single.metrics["fit"]["num_fit_ratings"] > 16 * config["train.batch_size"] or (
+        path is CONFIG)  # SMALL_DATA_FACTOR: the sampled paths are really taken
 
     rank0, rank1 = _run_two_ranks(config, tmp_path / "two")
     for rank in range(2):  # the store and gloo listened on loopback only
@@ -138,12 +153,14 @@ def test_two_gloo_ranks_match_one_process_and_each_other(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_signal_on_one_rank_stops_both_and_resume_matches_an_unstopped_run(tmp_path):
-    straight = _run_two_ranks(small_config(**CONFIG), tmp_path, stop_at_step=7)[0]
+@PATHS
+def test_a_signal_on_one_rank_stops_both_and_resume_matches_an_unstopped_run(tmp_path, path):
+    straight = _run_two_ranks(small_config(**path), tmp_path, stop_at_step=7)[0]
+    epoch = 2 if path is CONFIG else 1  # 5 steps an epoch, or more than 16
     for rank in range(2):  # both stopped after step 7, where rank 0 saved the state
-        assert (tmp_path / f"stopped{rank}.txt").read_text() == "SIGINT at step 7 (epoch 2)"
+        assert (tmp_path / f"stopped{rank}.txt").read_text() == f"SIGINT at step 7 (epoch {epoch})"
         assert (tmp_path / f"checkpoint-step{rank}.txt").read_text() == "7"
-    resumed = [torch.load(tmp_path / f"resumed{r}.pt", weights_only=False) for r in range(2)]
+    resumed = [torch.load(tmp_path / f"resumed{r}.pt", weights_only=True) for r in range(2)]
     _assert_same_parameters(resumed[0], resumed[1], atol=0)
     _assert_same_parameters(straight, resumed[0], atol=0)
     assert _untimed(resumed[0]["history"]) == _untimed(straight["history"])

@@ -148,25 +148,30 @@ class EncoderInputs:
             "movie": sketch.movie.project(self.by_movie, self.pooling_power),
             "user": sketch.user.project(self.by_user, self.pooling_power)}
 
-    def movie_bag(self, movies: np.ndarray,
-                  generator: np.random.Generator | None = None) -> SparseBag:
+    def movie_bag(self, movies: np.ndarray, generator: np.random.Generator | None = None,
+                  drawn_for: np.ndarray | None = None) -> SparseBag:
         """The bag of ``movies`` (indices, shape ``(num_selected,)``).
 
         With ``generator`` (training), each movie is read from at most ``max_inputs``
         random ratings; without it, from all of them (prediction, checks, fold-in).
+        ``drawn_for`` (sorted, a superset of the sorted ``movies``): draw the subsets
+        of all of those movies, exactly as a bag of ``drawn_for`` would, and keep the
+        rows of ``movies``. Data-parallel ranks do so for the global batch, so that a
+        movie in two shards is read from the same ratings on both, and each rank's
+        generator advances as one process's does.
         """
         if self.sketch is not None:
             return self._sketch_bag("movie", self.by_movie, np.asarray(movies))
         return self._build(self.by_movie, np.asarray(movies), self.by_user.num_rows,
-                           generator)
+                           generator, drawn_for)
 
-    def user_bag(self, users: np.ndarray,
-                 generator: np.random.Generator | None = None) -> SparseBag:
+    def user_bag(self, users: np.ndarray, generator: np.random.Generator | None = None,
+                 drawn_for: np.ndarray | None = None) -> SparseBag:
         """The bag of ``users``; see :meth:`movie_bag`."""
         if self.sketch is not None:
             return self._sketch_bag("user", self.by_user, np.asarray(users))
         return self._build(self.by_user, np.asarray(users), self.by_movie.num_rows,
-                           generator)
+                           generator, drawn_for)
 
     def every_movie(self) -> SparseBag:
         """The bag of every movie from all its ratings (built once; dense gradient)."""
@@ -210,11 +215,18 @@ class EncoderInputs:
         return indices[first], rank[scratch[indices]]
 
     def _build(self, rows: SparseRows, selected: np.ndarray, num_cols: int,
-               generator: np.random.Generator | None) -> SparseBag:
+               generator: np.random.Generator | None,
+               drawn_for: np.ndarray | None = None) -> SparseBag:
         counts = rows.counts[selected]
         if generator is not None and self.max_inputs:
-            flat, taken = sample_rows(rows.indptr[selected], counts, self.max_inputs,
-                                      generator)
+            drawn = selected if drawn_for is None else drawn_for
+            flat, taken = sample_rows(rows.indptr[drawn], rows.counts[drawn],
+                                      self.max_inputs, generator)
+            if drawn_for is not None:  # keep the rows of ``selected``
+                where = np.searchsorted(drawn_for, selected)  # (num_selected,)
+                offsets = np.cumsum(taken) - taken
+                flat = flat[concat_ranges(offsets[where], taken[where])]
+                taken = taken[where]
         else:
             flat, taken = concat_ranges(rows.indptr[selected], counts), counts
         indices, values = rows.indices[flat], rows.values[flat]  # (nnz,) each
@@ -300,6 +312,7 @@ def make_batch(
     totals: tuple[np.ndarray, np.ndarray] | None = None,
     generator: np.random.Generator | None = None,
     every_entity: bool = False,
+    drawn_for: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Batch:
     """The batch of ``ratings`` at ``positions``, weighted for the ELBO over all of ``ratings``.
 
@@ -319,8 +332,12 @@ def make_batch(
         without it the bags read every rating of the batch's entities.
     every_entity : bool
         Read the cached bags of every entity, all ratings, instead (small data only).
+    drawn_for : (movies, users), optional
+        Sorted supersets of the batch's movies and users (a data-parallel rank's global
+        batch) whose input subsets are drawn; see :meth:`EncoderInputs.movie_bag`.
     """
     movie_counts, user_counts = totals or (ratings.movie_counts(), ratings.user_counts())
+    movies_drawn, users_drawn = drawn_for if drawn_for is not None else (None, None)
     movie_of, user_of = ratings.movie[positions], ratings.user[positions]
     movies, movie_local = np.unique(movie_of, return_inverse=True)
     users, user_local = np.unique(user_of, return_inverse=True)
@@ -339,8 +356,8 @@ def make_batch(
         movie_scale=torch.as_tensor(movie_scale * kl_weight, dtype=dtype),
         user_scale=torch.as_tensor(user_scale * kl_weight, dtype=dtype),
         **(_every_entity_fields(inputs, movies, users) if every_entity else
-           {"movie_bag": inputs.movie_bag(movies, generator),
-            "user_bag": inputs.user_bag(users, generator)}),
+           {"movie_bag": inputs.movie_bag(movies, generator, movies_drawn),
+            "user_bag": inputs.user_bag(users, generator, users_drawn)}),
     )
 
 
@@ -405,11 +422,21 @@ class RatingBatcher:
         for start in range(0, len(order), self.batch_size):
             yield self.batch(order[start:start + self.batch_size], kl_weight)
 
-    def batch(self, positions: np.ndarray, kl_weight: float = 1.0) -> Batch:
+    def batch(self, positions: np.ndarray, kl_weight: float = 1.0,
+              within: np.ndarray | None = None) -> Batch:
+        """The batch of ``positions``; ``within``: the global batch they are a shard of.
+
+        With ``within``, the encoders' input subsets are drawn for the global batch's
+        entities and the shard keeps its own (see :meth:`EncoderInputs.movie_bag`).
+        """
+        drawn_for = None
+        if within is not None:
+            drawn_for = (np.unique(self.ratings.movie[within]),
+                         np.unique(self.ratings.user[within]))
         return make_batch(self.ratings, self.targets, positions, self.inputs,
                           kl_weight=kl_weight, totals=self._totals,
                           generator=self.input_generator,
-                          every_entity=self.every_entity)
+                          every_entity=self.every_entity, drawn_for=drawn_for)
 
     def full(self) -> Batch:
         """All ratings in one batch: every weight is exactly 1, every input read."""

@@ -214,44 +214,71 @@ def shard_loss(loss_fn: torch.nn.Module, batcher, positions: np.ndarray, kl_weig
         with torch.no_grad(), _noise_for(every, movies, users):
             loss_fn.guide(every)
         return None, None
-    batch = batcher.batch(mine, kl_weight)
+    batch = batcher.batch(mine, kl_weight, within=positions)
     with _noise_for(batch, movies, users):
         loss = loss_fn(batch)
     return loss * (len(mine) / len(positions)), batch
 
 
 def all_reduce_gradients(parameters, extras: list[float]) -> list[float]:
-    """Sum every parameter's gradient, and ``extras``, over the ranks, in one call.
+    """Sum every parameter's gradient, and ``extras``, over the ranks.
 
     A parameter without a gradient counts as zeros (and gets them). A row-sparse
-    gradient (the encoders' first layer on large data, see ``guide.Encoder``) is made
-    dense first, since ranks touch different rows; the optimizer then takes the dense
-    step for it. Known shortcoming: that sends and updates every row at scale, which
-    a sparse all-gather of the touched rows would avoid. The buffer holds
-    ``sum(p.numel()) + len(extras)`` numbers of the parameters' dtype: that is the
-    communication volume per step. Returns the summed ``extras``.
+    gradient (the encoders' first layer on large data, see ``guide.Encoder``) is
+    summed as a dense one, since ranks touch different rows, together with a mask of
+    the rows each rank touched; it comes back row-sparse on the union of those rows,
+    which are the rows one process's step touches, so the optimizer takes the same
+    lazy step. Known shortcoming: the dense sum sends every row at scale, which a
+    sparse all-gather of the touched rows would avoid.
+
+    Two collectives: one number per parameter (is any rank's gradient sparse?), then
+    one buffer of ``sum(p.numel()) + len(extras)`` numbers, plus one per row of each
+    row-sparse parameter: that is the communication volume per step. Returns the
+    summed ``extras``.
     """
     parameters = [p for p in parameters if p.requires_grad]
-    grads = [torch.zeros_like(p) if p.grad is None else
-             p.grad.to_dense() if p.grad.is_sparse else p.grad for p in parameters]
-    dtype = grads[0].dtype
-    flat = torch.cat([g.reshape(-1) for g in grads]
-                     + [torch.tensor(extras, dtype=dtype)])  # (num_parameters + extras,)
+    sparse = torch.tensor([float(p.grad is not None and p.grad.is_sparse) for p in parameters])
+    dist.all_reduce(sparse, op=dist.ReduceOp.SUM)
+    parts = []
+    for p, is_sparse in zip(parameters, sparse.tolist()):
+        grad = p.grad.coalesce() if p.grad is not None and p.grad.is_sparse else p.grad
+        parts.append((torch.zeros_like(p) if grad is None else
+                      grad.to_dense() if grad.is_sparse else grad).reshape(-1))
+        if is_sparse:  # (rows,): 1 where this rank touched the row
+            touched = torch.zeros(p.shape[0], dtype=p.dtype)
+            if grad is not None and grad.is_sparse:
+                touched[grad.indices()[0]] = 1.0
+            parts.append(touched)
+    dtype = parameters[0].dtype
+    flat = torch.cat(parts + [torch.tensor(extras, dtype=dtype)])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     start = 0
-    for p in parameters:
-        chunk = flat[start:start + p.numel()].view_as(p)
-        if p.grad is None or p.grad.is_sparse:
-            p.grad = chunk.clone()
-        else:
-            p.grad.copy_(chunk)
+    for p, is_sparse in zip(parameters, sparse.tolist()):
+        summed = flat[start:start + p.numel()].view_as(p)
         start += p.numel()
+        if is_sparse:
+            rows = torch.nonzero(flat[start:start + p.shape[0]]).reshape(-1)  # the union
+            start += p.shape[0]
+            p.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), summed[rows], p.shape,
+                                             is_coalesced=True)
+        elif p.grad is None or p.grad.is_sparse:
+            p.grad = summed.clone()
+        else:
+            p.grad.copy_(summed)
     return flat[start:].tolist()
 
 
-def communication_numbers(module: torch.nn.Module, num_extras: int = 3) -> int:
-    """Numbers all-reduced per step by :func:`all_reduce_gradients` for ``module``."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad) + num_extras
+def communication_numbers(module: torch.nn.Module, num_extras: int = 3,
+                          row_sparse: bool = False) -> int:
+    """Numbers all-reduced per step by :func:`all_reduce_gradients` for ``module``.
+
+    ``row_sparse``: the encoders' first layers get row-sparse gradients (large data),
+    which adds their row masks.
+    """
+    parameters = [p for p in module.parameters() if p.requires_grad]
+    masks = sum(p.shape[0] for name, p in module.named_parameters()
+                if row_sparse and name.endswith("encoder.first"))
+    return sum(p.numel() for p in parameters) + len(parameters) + masks + num_extras
 
 
 @torch.no_grad()
