@@ -93,6 +93,15 @@ def test_values_off_the_levels_name_the_line():
     np.testing.assert_array_equal(lik.prepare(np.array([1.0, 5.0])), [1.0, 5.0])
 
 
+def test_levels_float32_cannot_store_are_still_the_levels():
+    levels = (0.1, 0.2, 0.3)  # none is exact in float32
+    lik = OrdinalLikelihood(levels)
+    np.testing.assert_array_equal(lik.prepare(np.array([0.3, 0.1, 0.2])), [0.3, 0.1, 0.2])
+    lik.initialize(np.repeat(levels, [2, 5, 3]))
+    p = ordinal_log_probs(torch.zeros(()), lik.cutpoints).exp().detach().numpy()
+    np.testing.assert_allclose(p, np.array([3, 6, 4]) / 13, rtol=1e-5)  # add-one shares
+
+
 @pytest.mark.parametrize("levels", [(1.0,), (1.0, 3.0, 2.0), (2.0, 2.0)])
 def test_levels_must_increase(levels):
     with pytest.raises(ValueError, match="strictly increasing"):

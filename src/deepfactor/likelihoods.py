@@ -352,6 +352,8 @@ class OrdinalLikelihood(Likelihood):
             raise ValueError(f"ordinal levels must be at least two strictly increasing "
                              f"numbers, got {levels}")
         self.register_buffer("levels", torch.tensor(levels))
+        # as configured: data are checked against these, not their float32 rounding
+        self._levels64 = np.asarray(levels, dtype=np.float64)
         k = len(levels) - 1
         self.cutpoints = PyroParam(torch.linspace(-2.0, 2.0, k) if k > 1 else torch.zeros(1),
                                    constraint=constraints.ordered_vector)
@@ -361,7 +363,7 @@ class OrdinalLikelihood(Likelihood):
 
     def prepare(self, values, *, source="ratings", lines=None):
         values = super().prepare(values, source=source, lines=lines)
-        levels = self.levels.numpy().astype(np.float64)
+        levels = self._levels64
         known = np.isclose(values[:, None], levels[None, :], rtol=0, atol=1e-9).any(axis=1)
         bad = np.flatnonzero(~known)
         if bad.size:
@@ -382,8 +384,8 @@ class OrdinalLikelihood(Likelihood):
         training ratings; a share of 0 or 1 is smoothed (add-one) to keep them finite
         and increasing.
         """
-        levels = self.levels.numpy().astype(np.float64)
-        counts = np.array([np.isclose(targets, v, atol=1e-9).sum() for v in levels]) + 1.0
+        counts = np.array([np.isclose(targets, v, rtol=0, atol=1e-9).sum()
+                           for v in self._levels64]) + 1.0
         cumulative = np.cumsum(counts)[:-1] / counts.sum()
         self.cutpoints = torch.tensor(np.log(cumulative / (1 - cumulative)),
                                       dtype=torch.get_default_dtype())
