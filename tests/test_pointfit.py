@@ -44,3 +44,28 @@ def test_fit_map_scores_the_test_split_from_points():
     # the same seed gives the same numbers
     again = fit_map(config, train, test)
     assert again.metrics == point.metrics
+
+
+def test_fit_map_starts_where_fit_does(monkeypatch):
+    """The ordinal cut points start at the fit ratings' shares for MAP too."""
+    from deepfactor.model import MatrixFactorization
+
+    seen = []
+    original = MatrixFactorization.start_from
+
+    def spy(self, targets):
+        seen.append(np.asarray(targets).copy())
+        original(self, targets)
+        seen.append(self.likelihood.cutpoints.detach().clone())
+
+    monkeypatch.setattr(MatrixFactorization, "start_from", spy)
+    config = small_config(**{"model.likelihood": "ordinal", "train.epochs": 1})
+    data = load_data(config)
+    model, _ = build_modules(config, 1, 1)
+    train, test = (with_targets(r, model.likelihood, config) for r in (data.train, data.test))
+    fit_map(config, train, test)
+    targets, cutpoints = seen
+    assert 0.8 * len(train) < len(targets) < len(train)  # the fit part
+    shares = np.cumsum([np.sum(targets == v) + 1 for v in range(1, 6)])[:-1] / (len(targets) + 5)
+    torch.testing.assert_close(cutpoints, torch.tensor(np.log(shares / (1 - shares)),
+                                                       dtype=torch.float32))

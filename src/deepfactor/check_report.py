@@ -199,10 +199,7 @@ def _prior_model(config: Config, data):
                     data.train.user_ids, data.train.source)
     fit_part, _ = carve_validation(train, config["data.validation_fraction"],
                                    config["train.seed"])
-    likelihood.initialize(fit_part.rating)
-    with torch.no_grad():
-        model.decoder.output_bias.fill_(likelihood.link_inverse_of_mean(
-            float(np.mean(fit_part.rating))))
+    model.start_from(fit_part.rating)  # where a fit starts
     return model, train
 
 

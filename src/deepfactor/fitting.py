@@ -186,9 +186,7 @@ def fit(config: Config, *, data: SplitData | None = None,
         if world is not None:  # one basis for all ranks, whatever their LAPACK
             sketch = broadcast_object(sketch)
         fit_inputs = fit_inputs.with_sketch(sketch)
-    likelihood.initialize(fit_part.rating)
-    with torch.no_grad():
-        model.decoder.output_bias.fill_(likelihood.link_inverse_of_mean(center))
+    model.start_from(fit_part.rating)
     log.info("fitting on %d ratings (%d held for validation) of %d movies x %d users",
              len(fit_part), len(val_part), train.num_movies, train.num_users)
 

@@ -107,6 +107,18 @@ class MatrixFactorization(PyroModule):
         self.decoder = decoder
         self.likelihood = likelihood
 
+    @torch.no_grad()
+    def start_from(self, targets) -> None:
+        """Starting values from the fit ratings' targets (shape ``(N,)``), before training.
+
+        The likelihood's own parameters (the ordinal cut points at the ratings' shares)
+        and the decoder's output bias at the link inverse of their mean, so that the
+        first steps start from the marginal distribution of the ratings.
+        """
+        self.likelihood.initialize(targets)
+        center = float(torch.as_tensor(targets, dtype=torch.float64).mean())
+        self.decoder.output_bias.fill_(self.likelihood.link_inverse_of_mean(center))
+
     @property
     def total_dim(self) -> int:
         """Length of each latent vector: ``D``, plus one with a bias latent."""

@@ -120,8 +120,7 @@ def fit_map(config: Config, train, test, *, progress: bool = False) -> PointFit:
     fit_part, val_part = carve_validation(train, config["data.validation_fraction"],
                                           config["train.seed"])
     center = float(np.mean(fit_part.rating))
-    with torch.no_grad():
-        model.decoder.output_bias.fill_(model.likelihood.link_inverse_of_mean(center))
+    model.start_from(fit_part.rating)  # as fit() does
     # the batcher wants encoder inputs; the point guide never reads them
     inputs = EncoderInputs(fit_part, fit_part.rating, center, 1.0)
     batcher = RatingBatcher(fit_part, fit_part.rating, inputs, config["train.batch_size"],
