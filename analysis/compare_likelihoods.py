@@ -107,9 +107,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="training epochs (default: the config's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="compare_likelihoods")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for both families (repeatable)")
     args = parser.parse_args()
 
-    overrides = [f"train.num_threads={args.threads}"]
+    overrides = [f"train.num_threads={args.threads}", *args.set]
     if args.epochs:
         overrides.append(f"train.epochs={args.epochs}")
     if args.quick:

@@ -13,12 +13,16 @@ import sys
 from pathlib import Path
 
 TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "tutorial.md"
-LINK = re.compile(r"\[(`[^`\]]+`)\]\(([^)\s#]+)#L(\d+)(?:-L(\d+))?\)")
+LINK = re.compile(r"\[(`[^`]+`)\]\(([^)\s#]+)#L(\d+)(?:-L(\d+))?\)")
 
 
-def quoted(text: str) -> str:
+def holds(text: str):
+    """A test of one line for the quoted code: a name's definition, or the code itself."""
     code = text.strip("`")
-    return code.split(".")[-1] if re.fullmatch(r"[A-Za-z_][\w.]*", code) else code
+    if re.fullmatch(r"[A-Za-z_][\w.]*", code):
+        definition = re.compile(rf"\b(class|def) {re.escape(code.split('.')[-1])}\b")
+        return code, lambda line: bool(definition.search(line))
+    return code, lambda line: code in line
 
 
 def main() -> int:
@@ -29,11 +33,10 @@ def main() -> int:
         label, path, first, last = match.group(1), match.group(2), int(match.group(3)), match.group(4)
         span = int(last) - first if last else 0
         lines = (TUTORIAL.parent / path).resolve().read_text(encoding="utf-8").splitlines()
-        code = quoted(label)
-        window = "\n".join(lines[first - 1:first + span])
-        if code in window:
+        code, held = holds(label)
+        if any(held(line) for line in lines[first - 1:first + span]):
             return match.group(0)
-        hits = [i + 1 for i, line in enumerate(lines) if code in line]
+        hits = [i + 1 for i, line in enumerate(lines) if held(line)]
         if not hits:
             unplaced.append(f"{path}: {code!r}")
             return match.group(0)
