@@ -173,7 +173,7 @@ def _fit(args) -> int:
         distributed.shutdown()
 
 
-def _fit_here(args, config, out, resume, *, main: bool, world_size: int = 1) -> int:
+def _fit_here(args, config, out, resume, data_dir, *, main: bool, world_size: int = 1) -> int:
     from .checkpoint import write_json, write_text
     from .fitting import fit
     from .reproducibility import environment
@@ -183,7 +183,7 @@ def _fit_here(args, config, out, resume, *, main: bool, world_size: int = 1) -> 
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.toml", config.to_toml())
     try:
-        fitted = fit(config, data_dir=args.data, progress=not args.quiet,
+        fitted = fit(config, data_dir=data_dir, progress=not args.quiet,
                      checkpoint_path=out / TRAINING_CHECKPOINT, resume=resume)
     except TrainingInterrupted as err:
         if main:
@@ -207,7 +207,11 @@ def _fit_here(args, config, out, resume, *, main: bool, world_size: int = 1) -> 
 
 
 def _fit_setup(args):
-    """(config, run directory, trainer state to resume or None) for ``deepfactor fit``."""
+    """(config, run directory, trainer state or None, data folder) for ``deepfactor fit``.
+
+    The data folder is absolute (every rank gets rank 0's setup) and None when the
+    configuration's data.path already says where the data are.
+    """
     from .config import load_config
     from .fitting import read_training_checkpoint
 
@@ -221,17 +225,17 @@ def _fit_setup(args):
         if model.exists() and model.stat().st_mtime >= (out / TRAINING_CHECKPOINT).stat().st_mtime:
             raise UsageError(f"{out} holds a finished run ({model.name} is newer than its "
                              f"{TRAINING_CHECKPOINT}); there is nothing to resume")
-        return config, out, state
+        return config, out, state, str(Path(args.data).resolve()) if args.data else None
     if not args.config:
         raise UsageError("fit needs a CONFIG file (or --resume RUN)")
     overrides = list(args.set) + ([f"train.seed={args.seed}"] if args.seed is not None else [])
+    # --data goes into the configuration, which the run directory keeps
     config = _with_absolute_data_path(load_config(args.config, overrides), args.data)
-    args.data = None  # now in the configuration, which the run directory keeps
     out = Path(args.out) if args.out else Path("runs") / (
         f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     if (out / "model.pt").exists() and not args.overwrite:
         raise UsageError(f"{out} already holds a run; choose another --out or pass --overwrite")
-    return config, out, None
+    return config, out, None, None
 
 
 def _with_absolute_data_path(config, data_arg):
