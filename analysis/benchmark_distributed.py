@@ -49,6 +49,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see README)
 
+from deepfactor.checkpoint import write_json  # noqa: E402  (loads torch)
+
 
 def _arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -112,7 +114,7 @@ def _rank(rank: int, size: int, port: int, args, out: Path) -> None:
                   "seconds_per_step": float(np.median(epoch_seconds)) / len(batcher),
                   "numbers_per_step": numbers, "allreduce_ms": reduce_ms,
                   "bytes_per_number": torch.zeros(()).element_size()}
-        (out / f"processes-{size}.json").write_text(json.dumps(result))
+        write_json(out / f"processes-{size}.json", result)
 
 
 def main(argv=None) -> None:
@@ -148,7 +150,7 @@ def main(argv=None) -> None:
           f"{two['allreduce_ms'] / 1000 / two['seconds_per_step']:.0%} of a 2-process step")
     summary = {"args": vars(args), "results": results, "allreduce_bytes": size_bytes,
                "ring_bytes_per_rank": ring}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "results.json", summary)
 
 
 if __name__ == "__main__":

@@ -291,15 +291,14 @@ def main() -> None:
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"done {n:,} ratings: {rows[-1]['pyro_epoch_s']:.2f} s/epoch", flush=True)
     torch.set_num_threads(args.threads)
+    from deepfactor.checkpoint import write_json
+
     print(f"config: {args.config} {' '.join(args.set)}")
     result = _report(rows, _threading(), (load_before, os.getloadavg()[0]))
     result["config"], result["overrides"] = args.config, args.set
     folder = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(folder, exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, args.out)
+    write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 QUICK_ARGS = ["--quick"]
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 
@@ -50,6 +49,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from deepfactor import checks  # noqa: E402
+from deepfactor.checkpoint import write_json, write_text  # noqa: E402
 from deepfactor.config import load_config  # noqa: E402
 from deepfactor.diagnostics import interval_coverage  # noqa: E402
 from deepfactor.fitting import fit, load_data, with_targets  # noqa: E402
@@ -142,10 +142,9 @@ def main() -> None:
     table = pd.DataFrame(rows)
     summary = table.drop(columns="split").groupby("likelihood").agg(["mean", "std"])
     os.makedirs(args.out, exist_ok=True)
-    table.to_csv(os.path.join(args.out, "per_split.csv"), index=False)
-    summary.to_csv(os.path.join(args.out, "summary.csv"))
-    with open(os.path.join(args.out, "per_split.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    write_text(os.path.join(args.out, "per_split.csv"), table.to_csv(index=False))
+    write_text(os.path.join(args.out, "summary.csv"), summary.to_csv())
+    write_json(os.path.join(args.out, "per_split.json"), rows)
     pd.set_option("display.width", 200)
     print(f"\nthreads: {args.threads}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     print(table.round(4).to_string(index=False))

@@ -43,6 +43,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from deepfactor.checkpoint import write_text  # noqa: E402
 from deepfactor.config import load_config  # noqa: E402
 from deepfactor.diagnostics import kl_per_dimension  # noqa: E402
 from deepfactor.fitting import SplitData, fit, load_data  # noqa: E402
@@ -121,7 +122,7 @@ def main() -> None:
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
 
     table = pd.DataFrame(rows)
-    table.to_csv(os.path.join(args.out, "search.csv"), index=False)
+    write_text(os.path.join(args.out, "search.csv"), table.to_csv(index=False))
     pd.set_option("display.width", 200)
     print(f"\nsplit {data.name}; threads {args.threads}; "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
