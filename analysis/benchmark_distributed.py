@@ -60,6 +60,8 @@ def _arguments(argv=None):
     parser.add_argument("--batch", type=int, default=10_000, help="ratings per global step")
     parser.add_argument("--epochs", type=int, default=4, help="the first one is not timed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. guide.inputs=sketch (repeatable)")
     parser.add_argument("--out", default="benchmark_distributed",
                         help="folder for results.json")
     return parser.parse_args(argv)
@@ -72,10 +74,10 @@ def _rank(rank: int, size: int, port: int, args, out: Path) -> None:
     import torch
 
     from deepfactor import distributed
-    from deepfactor.batching import EncoderInputs, RatingBatcher
+    from deepfactor.batching import RatingBatcher
     from deepfactor.config import load_config
     from deepfactor.fitted import build_modules
-    from deepfactor.fitting import load_data
+    from deepfactor.fitting import load_data, training_inputs
     from deepfactor.reproducibility import set_seed
     from deepfactor.train import SVITrainer, TrainSettings, make_elbo
 
@@ -85,12 +87,12 @@ def _rank(rank: int, size: int, port: int, args, out: Path) -> None:
     config = load_config(REPO / "models" / "gaussian.toml", [
         "data.dataset=synthetic", "data.split=random", f"data.synthetic_ratings={args.ratings}",
         f"data.synthetic_movies={args.movies}", f"data.synthetic_users={args.users}",
-        f"train.batch_size={args.batch}"])
+        f"train.batch_size={args.batch}", *args.set])
     set_seed(0)
     data = load_data(config)
     model, guide = build_modules(config, data.train.num_movies, data.train.num_users)
     r = data.train
-    inputs = EncoderInputs(r, r.rating, float(r.rating.mean()), float(r.rating.std()))
+    inputs = training_inputs(config, r, float(r.rating.mean()), float(r.rating.std()), world)
     batcher = RatingBatcher(r, r.rating, inputs, args.batch, np.random.default_rng(0))
     loss_fn = make_elbo(config["train.elbo"])(model, guide)
     settings = TrainSettings(lr=config["train.lr"], epochs=args.epochs, patience=0)
@@ -98,7 +100,8 @@ def _rank(rank: int, size: int, port: int, args, out: Path) -> None:
     history = trainer.run().history
     epoch_seconds = np.diff([0.0] + [row["seconds"] for row in history])[1:]
 
-    numbers = distributed.communication_numbers(loss_fn)
+    numbers = distributed.communication_numbers(
+        loss_fn, row_sparse=not batcher.every_entity and inputs.sketch is None)
     reduce_ms = None
     if world is not None:
         buffer = torch.zeros(numbers)

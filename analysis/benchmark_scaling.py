@@ -4,8 +4,9 @@ Question
     With bounded encoder inputs (``guide.max_inputs``) and a row-sparse first layer, a
     training step should cost ``O(B + (entities in the batch) x K)`` whatever the total
     size (with sketched inputs, ``--set guide.inputs=sketch``, ``O(B + entities in the
-    batch)`` after a one-off ``O(ratings x d)`` projection, timed apart as ``sketch s``), so seconds per epoch should grow linearly in the ratings (slope of
-    log(epoch time) against log(ratings) at most 1.1). How fast is it at 100K, 1M, 5M
+    batch)`` after a one-off ``O(ratings x d)`` projection, timed apart with the building
+    of the inputs as ``inputs s``), so seconds per epoch should grow linearly in the
+    ratings (slope of log(epoch time) against log(ratings) at most 1.1). How fast is it at 100K, 1M, 5M
     and 25M ratings on 2 threads, how much memory does it hold, and how does the Pyro
     path compare with the same minibatch computation written in plain PyTorch?
 Data
@@ -69,11 +70,11 @@ def _child(num_ratings: int, threads: int, max_steps: int, config_path: str,
 
     import pyro
 
-    from deepfactor.batching import EncoderInputs, RatingBatcher
+    from deepfactor.batching import RatingBatcher
     from deepfactor.config import load_config
     from deepfactor.fitted import build_modules
+    from deepfactor.fitting import training_inputs
     from deepfactor.optim import RowSparseAdam
-    from deepfactor.sketch import Sketch
     from deepfactor.synthetic import movielens_shape, simulate_movielens
     from deepfactor.train import SVITrainer, TrainSettings, make_elbo
 
@@ -92,14 +93,9 @@ def _child(num_ratings: int, threads: int, max_steps: int, config_path: str,
     generate_s = time.perf_counter() - start
 
     center, spread = float(ratings.rating.mean()), float(ratings.rating.std())
-    inputs = EncoderInputs(ratings, ratings.rating, center, spread,
-                           max_inputs=config["guide.max_inputs"])
     start = time.perf_counter()
-    if config["guide.inputs"] == "sketch":  # once per fit, as fitting.fit does
-        inputs = inputs.with_sketch(Sketch.fit(inputs.by_movie, inputs.by_user,
-                                               config["guide.sketch_dim"],
-                                               inputs.pooling_power, seed=0))
-    sketch_s = time.perf_counter() - start
+    inputs = training_inputs(config, ratings, center, spread)  # with the sketch, if any
+    inputs_s = time.perf_counter() - start
     batcher = RatingBatcher(ratings, ratings.rating, inputs, config["train.batch_size"],
                             np.random.default_rng(0))
     model, guide = build_modules(config, num_movies, num_users)
@@ -150,7 +146,7 @@ def _child(num_ratings: int, threads: int, max_steps: int, config_path: str,
 
     row = {"num_ratings": num_ratings, "num_movies": num_movies, "num_users": num_users,
            "batch_size": size, "max_inputs": config["guide.max_inputs"],
-           "inputs": config["guide.inputs"], "sketch_s": sketch_s,
+           "inputs": config["guide.inputs"], "inputs_s": inputs_s,
            "steps_per_epoch": steps_per_epoch, "steps_timed": timed,
            "extrapolated": timed < steps_per_epoch, "generate_s": generate_s,
            "peak_rss_gib": peak_bytes / 2**30}
@@ -222,7 +218,7 @@ def _report(rows: list[dict], threading: dict, load: tuple) -> dict:
     print(f"load average before: {load[0]}, after: {load[1]} (2 cores)")
     head = (f"{'ratings':>11} {'movies':>7} {'users':>7} {'steps':>9} {'epoch s':>8} "
             f"{'ratings/s':>10} {'plain s':>8} {'plain r/s':>10} {'pyro/plain':>10} "
-            f"{'peak GiB':>8} {'gen s':>6} {'sketch s':>8}")
+            f"{'peak GiB':>8} {'gen s':>6} {'inputs s':>8}")
     print(head)
     for r in rows:
         steps = f"{r['steps_timed']}/{r['steps_per_epoch']}"
@@ -230,7 +226,7 @@ def _report(rows: list[dict], threading: dict, load: tuple) -> dict:
               f"{steps:>9} {r['pyro_epoch_s']:>8.2f} {r['pyro_ratings_per_s']:>10,.0f} "
               f"{r['plain_epoch_s']:>8.2f} {r['plain_ratings_per_s']:>10,.0f} "
               f"{r['pyro_over_plain']:>10.2f} {r['peak_rss_gib']:>8.2f} {r['generate_s']:>6.1f} "
-              f"{r.get('sketch_s', 0.0):>8.1f}")
+              f"{r['inputs_s']:>8.1f}")
     if any(r["extrapolated"] for r in rows):
         print("epoch times marked steps k/n were timed on k of the epoch's n steps and "
               "extrapolated (n x mean step time)")

@@ -44,7 +44,8 @@ from .simulate import SyntheticTruth, simulate
 from .sketch import Sketch
 from .train import SVITrainer, TrainSettings, make_elbo
 
-__all__ = ["SplitData", "load_data", "fit", "evaluate", "read_training_checkpoint"]
+__all__ = ["SplitData", "load_data", "fit", "evaluate", "read_training_checkpoint",
+           "training_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -174,18 +175,8 @@ def fit(config: Config, *, data: SplitData | None = None,
     fit_part, val_part = carve_validation(train, config["data.validation_fraction"],
                                           config["train.seed"])
     center, spread = float(np.mean(fit_part.rating)), float(np.std(fit_part.rating)) or 1.0
-    fit_inputs = EncoderInputs(fit_part, fit_part.rating, center, spread,
-                               max_inputs=config["guide.max_inputs"])
     world = current_world()
-    if config["guide.inputs"] == "sketch":  # the basis comes from the fit ratings only
-        sketch = None
-        if world is None or world.is_main:
-            sketch = Sketch.fit(fit_inputs.by_movie, fit_inputs.by_user,
-                                config["guide.sketch_dim"], fit_inputs.pooling_power,
-                                config["train.seed"])
-        if world is not None:  # one basis for all ranks, whatever their LAPACK
-            sketch = broadcast_object(sketch)
-        fit_inputs = fit_inputs.with_sketch(sketch)
+    fit_inputs = training_inputs(config, fit_part, center, spread, world)
     model.start_from(fit_part.rating)
     log.info("fitting on %d ratings (%d held for validation) of %d movies x %d users",
              len(fit_part), len(val_part), train.num_movies, train.num_users)
@@ -223,6 +214,27 @@ def fit(config: Config, *, data: SplitData | None = None,
     if world is not None:
         fitted.metrics = broadcast_object(fitted.metrics)
     return fitted
+
+
+def training_inputs(config: Config, fit_part: Ratings, center: float, spread: float,
+                    world=None) -> EncoderInputs:
+    """What the encoders read in training: ``fit_part``'s targets, standardized.
+
+    With ``guide.inputs = "sketch"`` the sketch basis is fitted here, from these ratings
+    only; under data-parallel training (``world``) rank 0 fits it and sends it to the
+    others, so every rank reads the very same inputs whatever its LAPACK.
+    """
+    inputs = EncoderInputs(fit_part, fit_part.rating, center, spread,
+                           max_inputs=config["guide.max_inputs"])
+    if config["guide.inputs"] != "sketch":
+        return inputs
+    sketch = None
+    if world is None or world.is_main:
+        sketch = Sketch.fit(inputs.by_movie, inputs.by_user, config["guide.sketch_dim"],
+                            inputs.pooling_power, config["train.seed"])
+    if world is not None:
+        sketch = broadcast_object(sketch)
+    return inputs.with_sketch(sketch)
 
 
 def _metrics(fitted: FittedModel, data: SplitData, loss_fn, batcher: RatingBatcher,
