@@ -135,7 +135,8 @@ def main() -> None:
     seed = config["train.seed"]
     train = fitted.encoder_ratings
     fit_part, val_part = carve_validation(train, config["data.validation_fraction"], seed)
-    inputs = EncoderInputs(fit_part, fit_part.rating, fitted.inputs.center, fitted.inputs.spread)
+    inputs = EncoderInputs(fit_part, fit_part.rating, fitted.inputs.center, fitted.inputs.spread,
+                           sketch=fitted.inputs.sketch)
     amortized = encode_posterior(fitted.guide, inputs, train.num_movies, train.num_users)
     guide = PerEntityGuide(amortized, train.num_movies, train.num_users)
     for p in model.parameters():

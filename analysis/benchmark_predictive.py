@@ -66,7 +66,7 @@ def _setup(args):
 
     from deepfactor.config import load_config
     from deepfactor.fitted import FittedModel, build_modules, load
-    from deepfactor.fitting import load_data
+    from deepfactor.fitting import load_data, training_inputs
 
     pyro.settings.set(module_local_params=True)
     if args.run:
@@ -80,8 +80,9 @@ def _setup(args):
         data = load_data(config)
         model, guide = build_modules(config, data.train.num_movies, data.train.num_users)
         train = data.train
-        fitted = FittedModel(config, model, guide, train, float(np.mean(train.rating)),
-                             float(np.std(train.rating)))
+        center, spread = float(np.mean(train.rating)), float(np.std(train.rating))
+        fitted = FittedModel(config, model, guide, train, center, spread,
+                             sketch=training_inputs(config, train, center, spread).sketch)
     test = fitted.reindex(data.test)
     target = fitted.model.likelihood.prepare(test.rating)
     return fitted, test, target

@@ -32,10 +32,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CHILD = r"""
 import json, sys, time
 import numpy as np, pyro, torch
-from deepfactor.batching import EncoderInputs, RatingBatcher
+from deepfactor.batching import RatingBatcher
 from deepfactor.config import load_config
 from deepfactor.fitted import build_modules
-from deepfactor.fitting import load_data
+from deepfactor.fitting import load_data, training_inputs
 from deepfactor.optim import RowSparseAdam
 from deepfactor.train import make_elbo
 steps, threads, ratings = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
@@ -46,7 +46,7 @@ config = load_config(sys.argv[4], ["data.dataset=synthetic", "data.split=random"
 data = load_data(config)
 model, guide = build_modules(config, data.train.num_movies, data.train.num_users)
 r = data.train
-inputs = EncoderInputs(r, r.rating, float(r.rating.mean()), float(r.rating.std()))
+inputs = training_inputs(config, r, float(r.rating.mean()), float(r.rating.std()))
 batcher = RatingBatcher(r, r.rating, inputs, config["train.batch_size"], np.random.default_rng(0))
 loss_fn = make_elbo(config["train.elbo"])(model, guide)
 optimizer = RowSparseAdam(loss_fn.parameters(), lr=1e-3)  # the trainer's optimizer

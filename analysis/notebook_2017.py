@@ -64,8 +64,7 @@ def leaked_copy(fitted: FittedModel, test: Ratings) -> FittedModel:
                    np.concatenate([train.user, test.user]),
                    np.concatenate([train.rating, test.rating]),
                    fitted.movie_ids, fitted.user_ids, source="train+test")
-    return FittedModel(fitted.config, fitted.model, fitted.guide, both, fitted.inputs.center,
-                       fitted.inputs.spread)
+    return fitted.reading(both)
 
 
 def completion_figure(fitted, test, num_samples, seed, title):

@@ -47,6 +47,7 @@ def small_config(**dotted) -> Config:
         "data.synthetic_movies": 40, "data.synthetic_users": 30,
         "data.synthetic_ratings": 600, "data.validation_fraction": 0.1,
         "model.latent_dim": 3, "model.decoder_hidden": [8], "guide.encoder_hidden": [16],
+        "guide.inputs": "sparse",  # the sketch path is tested where a test asks for it
         "train.epochs": 3, "train.batch_size": 128, "train.patience": 0,
         "eval.num_samples": 10, "train.num_threads": 1,
     }

@@ -9,7 +9,6 @@ import torch
 from deepfactor.baselines import BiasModel
 from deepfactor.data.ratings import IdIndex, Ratings
 from deepfactor.data.readers import DataFormatError
-from deepfactor.fitted import FittedModel
 from deepfactor.fitting import SplitData, fit, load_data
 from deepfactor.foldin import FoldInWarning, fold_in, read_fold_in_ratings
 
@@ -103,9 +102,7 @@ def test_007_and_7_stay_distinct(fitted):
     renamed = IdIndex(["007" if r == "1" else r for r in raw])
     assert "7" in renamed and "007" in renamed
     r = fitted.encoder_ratings
-    relabeled = FittedModel(fitted.config, fitted.model, fitted.guide,
-                            Ratings(r.movie, r.user, r.rating, renamed, fitted.user_ids),
-                            fitted.inputs.center, fitted.inputs.spread)
+    relabeled = fitted.reading(Ratings(r.movie, r.user, r.rating, renamed, fitted.user_ids))
     as_007 = fold_in(relabeled, {"007": 5.0})
     as_7 = fold_in(relabeled, {"7": 5.0})
     assert list(as_007.rated) == [raw.index("1")] and list(as_7.rated) == [raw.index("7")]

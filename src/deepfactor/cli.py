@@ -291,7 +291,7 @@ def _summary(metrics: dict, label: str) -> str:
 
 def _evaluate(args) -> int:
     from .checkpoint import write_json
-    from .fitted import FittedModel, load
+    from .fitted import load
     from .fitting import evaluate, load_data
 
     fitted = load(args.run)
@@ -302,9 +302,7 @@ def _evaluate(args) -> int:
     if split != fitted_split:
         # Re-encode from this split's own training file: the encoders read it, and
         # never its test file. The decoder still learned from the run's split.
-        fitted = FittedModel(config, fitted.model, fitted.guide,
-                             _as_targets(fitted, data.train), fitted.inputs.center,
-                             fitted.inputs.spread)
+        fitted = fitted.reading(_as_targets(fitted, data.train), config)
         log.warning("the model was fitted on split %s; its decoder saw ratings that may "
                     "be in %s.test, so these scores can be optimistic", fitted_split, split)
     metrics = evaluate(fitted, data.test)

@@ -125,10 +125,10 @@ KEYS: dict[str, Key] = {
                                   "a non-empty list of positive integers")),
     "guide.max_inputs": _key(100, int, "K: in training, an entity with more ratings is "
                              "encoded from K random ones (rescaled; 0 = all)", _nonneg),
-    "guide.inputs": _key("sparse", str, "what an encoder reads: 'sparse' (its rating row, "
-                         "through a learned weight per column) or 'sketch' (the row "
-                         "projected once onto a fixed basis of sketch_dim directions; "
-                         "for large data)", _choice("sparse", "sketch")),
+    "guide.inputs": _key("sketch", str, "what an encoder reads: 'sketch' (its rating "
+                         "row projected once onto a fixed basis of sketch_dim directions) "
+                         "or 'sparse' (the row itself, through a learned weight per "
+                         "column)", _choice("sketch", "sparse")),
     "guide.sketch_dim": _key(64, int, "d, directions of the sketch basis "
                              "(guide.inputs = 'sketch')", _pos),
     # train

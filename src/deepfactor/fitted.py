@@ -75,6 +75,9 @@ class FittedModel:
                  encoder_ratings: Ratings, center: float, spread: float,
                  metrics: dict | None = None, history: list[dict] | None = None,
                  sketch: Sketch | None = None):
+        if (sketch is None) != (config["guide.inputs"] != "sketch"):
+            raise ValueError(f"guide.inputs is {config['guide.inputs']!r}, so a fitted model "
+                             f"{'needs' if sketch is None else 'takes no'} sketch basis")
         self.config, self.model, self.guide = config, model, guide
         self.encoder_ratings = encoder_ratings
         self.movie_ids, self.user_ids = encoder_ratings.movie_ids, encoder_ratings.user_ids
@@ -167,6 +170,16 @@ class FittedModel:
         from .recommend import complete
 
         return complete(self, users, movies, **options)
+
+    def reading(self, ratings: Ratings, config: Config | None = None) -> FittedModel:
+        """The same fitted modules with the encoders reading ``ratings`` instead.
+
+        ``ratings`` (on this model's id maps, values the likelihood's targets) go
+        through the same standardization and sketch basis as the training ratings;
+        another split's training file, say. Nothing is refitted.
+        """
+        return FittedModel(config or self.config, self.model, self.guide, ratings,
+                           self.inputs.center, self.inputs.spread, sketch=self.inputs.sketch)
 
     def reindex(self, ratings: Ratings) -> Ratings:
         """``ratings`` expressed against this model's id maps (all ids must be known)."""

@@ -64,8 +64,11 @@ def pooled_rows(rows: SparseRows, num_cols: int, pooling_power: float
     counts = rows.counts
     weight = np.repeat(np.maximum(counts, 1).astype(np.float64) ** -pooling_power, counts)
     shape = (rows.num_rows, num_cols)
-    presence = sp.csr_matrix((weight, rows.indices, rows.indptr), shape=shape)
-    value = sp.csr_matrix((weight * rows.values, rows.indices, rows.indptr), shape=shape)
+    # float32 entries: a basis needs no more, and at 25M ratings the copies are large
+    presence = sp.csr_matrix((weight.astype(np.float32), rows.indices, rows.indptr),
+                             shape=shape)
+    value = sp.csr_matrix(((weight * rows.values).astype(np.float32), rows.indices,
+                           rows.indptr), shape=shape)
     return presence, value
 
 
