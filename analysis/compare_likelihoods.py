@@ -49,6 +49,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from deepfactor import checks  # noqa: E402
+from deepfactor.baselines import level_bins  # noqa: E402
 from deepfactor.checkpoint import write_json, write_text  # noqa: E402
 from deepfactor.config import load_config  # noqa: E402
 from deepfactor.diagnostics import interval_coverage  # noqa: E402
@@ -67,9 +68,7 @@ def star_scale_lpd(fitted, test, levels: np.ndarray, seed: int = 0) -> np.ndarra
     if likelihood.name == "ordinal":  # its lpd already is the probability of the star
         return fitted.summaries(test.movie, test.user, target=test.rating)["lpd"]
     # Normal: the predictive mass of the bin around the observed star
-    edges = np.concatenate([[-np.inf], (levels[:-1] + levels[1:]) / 2, [np.inf]])
-    index = np.clip(np.searchsorted(levels, test.rating - 1e-9), 0, len(levels) - 1)
-    upper, lower = torch.as_tensor(edges[index + 1]), torch.as_tensor(edges[index])
+    lower, upper = (torch.as_tensor(edge) for edge in level_bins(test.rating, levels))
     generator = torch.Generator().manual_seed(seed)
     out = np.empty(len(test))
     for part in chunks(len(test)):

@@ -45,7 +45,7 @@ import pandas as pd  # noqa: E402
 
 from deepfactor.checkpoint import write_text  # noqa: E402
 from deepfactor.config import load_config  # noqa: E402
-from deepfactor.diagnostics import kl_per_dimension  # noqa: E402
+from deepfactor.check_report import latent_collapse  # noqa: E402
 from deepfactor.fitting import SplitData, fit, load_data  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,6 +53,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: name -> (config file, overrides): one-factor changes from the shipped configuration.
 GRID: dict[str, tuple[str, list[str]]] = {
     "base": ("gaussian.toml", []),
+    "sparse": ("gaussian.toml", ["guide.inputs=sparse"]),
+    "sketch32": ("gaussian.toml", ["guide.sketch_dim=32"]),
+    "sketch128": ("gaussian.toml", ["guide.sketch_dim=128"]),
     "d10": ("gaussian.toml", ["model.latent_dim=10"]),
     "d5_bias": ("gaussian.toml", ["model.latent_dim=5", "model.bias_latent=true"]),
     "decoder256": ("gaussian.toml", ["model.decoder_hidden=[256]"]),
@@ -63,19 +66,16 @@ GRID: dict[str, tuple[str, list[str]]] = {
     "batch5000": ("gaussian.toml", ["train.batch_size=5000"]),
     "ordinal": ("ordinal.toml", []),
     "ordinal_d10": ("ordinal.toml", ["model.latent_dim=10"]),
+    "ordinal_sparse": ("ordinal.toml", ["guide.inputs=sparse"]),
 }
 QUICK_ROWS = ["base", "ordinal"]
-ACTIVE_KL = 0.01  # nats: the threshold `deepfactor check` uses for an active dimension
 
 
 def active_dimensions(fitted) -> int:
-    """Dimensions whose mean KL exceeds ACTIVE_KL for both movies and users."""
-    p, seen = fitted.posterior, fitted.encoder_ratings
-    kl_movie = kl_per_dimension(p.z_movie_loc.numpy(), p.z_movie_scale.numpy(),
-                                seen.movie_counts())
-    kl_user = kl_per_dimension(p.z_user_loc.numpy(), p.z_user_scale.numpy(),
-                               seen.user_counts())
-    return int(np.sum((kl_movie > ACTIVE_KL) & (kl_user > ACTIVE_KL)))
+    """Active latent dimensions, as `deepfactor check` counts them."""
+    seen = fitted.encoder_ratings
+    return int(latent_collapse(fitted.posterior, seen.movie_counts(), seen.user_counts(),
+                               fitted.config["model.latent_dim"], warn=False)["active"])
 
 
 def main() -> None:

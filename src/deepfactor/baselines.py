@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-__all__ = ["GlobalMean", "BiasModel", "plugin_lpd"]
+__all__ = ["GlobalMean", "BiasModel", "plugin_lpd", "level_bins"]
 
 _PROBABILITY_FLOOR = 1e-3  # a point predictor of 0 or 1 would give lpd = -inf
 _MIN_RATE = 1e-3
@@ -97,11 +97,25 @@ def plugin_lpd(likelihood: str, target: np.ndarray, prediction: np.ndarray,
     return np.where(target > 0.5, np.log(p), np.log1p(-p))
 
 
+def level_bins(target: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The bin of each target's level: from the midpoint to the level below to the one above.
+
+    The outer bins reach to minus and plus infinity, so that the bins cover the real line
+    and a continuous predictive's masses over them sum to one.
+
+    Returns
+    -------
+    lower, upper : ndarray, shape (N,) each
+    """
+    edges = np.concatenate([[-np.inf], (levels[:-1] + levels[1:]) / 2, [np.inf]])
+    index = np.clip(np.searchsorted(levels, np.asarray(target) - 1e-9), 0, len(levels) - 1)
+    return edges[index], edges[index + 1]
+
+
 def _discretized_normal_lpd(target: np.ndarray, prediction: np.ndarray, sd: float,
                             levels: np.ndarray) -> np.ndarray:
     """log of the Normal(prediction, sd) mass of the bin around each target's level."""
-    edges = np.concatenate([[-np.inf], (levels[:-1] + levels[1:]) / 2, [np.inf]])
-    index = np.clip(np.searchsorted(levels, target - 1e-9), 0, len(levels) - 1)
-    upper = stats.norm.cdf(edges[index + 1], loc=prediction, scale=sd)
-    lower = stats.norm.cdf(edges[index], loc=prediction, scale=sd)
-    return np.log(np.maximum(upper - lower, 1e-12))
+    lower, upper = level_bins(target, levels)
+    mass = (stats.norm.cdf(upper, loc=prediction, scale=sd)
+            - stats.norm.cdf(lower, loc=prediction, scale=sd))
+    return np.log(np.maximum(mass, 1e-12))
