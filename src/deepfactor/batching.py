@@ -144,9 +144,7 @@ class EncoderInputs:
 
     def _read_through(self, sketch: Sketch) -> None:
         self.sketch = sketch
-        self._sketched = {  # (num_entities, 2 d) each
-            "movie": sketch.movie.project(self.by_movie, self.pooling_power),
-            "user": sketch.user.project(self.by_user, self.pooling_power)}
+        self._sketched: dict[str, torch.Tensor] = {}  # kind -> (num_entities, 2 d)
 
     def movie_bag(self, movies: np.ndarray, generator: np.random.Generator | None = None,
                   drawn_for: np.ndarray | None = None) -> SparseBag:
@@ -192,6 +190,9 @@ class EncoderInputs:
     def _sketch_bag(self, kind: str, rows: SparseRows, selected: np.ndarray | None
                     ) -> SparseBag:
         """The sketches of ``selected`` (None: every entity); a small dense weight."""
+        if kind not in self._sketched:  # once per kind, on first use (fold-in needs one)
+            basis = self.sketch.movie if kind == "movie" else self.sketch.user
+            self._sketched[kind] = basis.project(rows, self.pooling_power)
         features, counts = self._sketched[kind], rows.counts
         if selected is not None:
             features, counts = features[torch.from_numpy(selected)], counts[selected]
