@@ -104,7 +104,7 @@ class RowBasis:
         presence, value = pooled_rows(rows, num_cols, pooling_power)
         stacked = sp.vstack([presence, value]).tocsr()
         rank = min(dim, *stacked.shape)
-        directions = np.zeros((num_cols, dim))
+        directions = np.zeros((num_cols, dim), dtype=np.float32)
         if rank > 0 and stacked.nnz:
             _, _, vt = randomized_svd(stacked, rank, n_iter=POWER_ITERATIONS,
                                       random_state=seed)
@@ -120,8 +120,9 @@ class RowBasis:
     def project(self, rows: SparseRows, pooling_power: float) -> torch.Tensor:
         """The sketch ``[s^P, s^V]`` of every row; shape ``(num_rows, 2 d)``."""
         presence, value = pooled_rows(rows, self.directions.shape[0], pooling_power)
-        basis = self.directions.double().numpy()
-        sketch = np.hstack([presence @ basis, (value @ basis) / self.value_scale.double().numpy()])
+        basis = self.directions.numpy().astype(np.float32)  # as the rows: no float64 copy
+        value_scale = self.value_scale.numpy().astype(np.float32)
+        sketch = np.hstack([presence @ basis, (value @ basis) / value_scale])
         return torch.as_tensor(sketch, dtype=torch.get_default_dtype())
 
     def state(self) -> dict[str, torch.Tensor]:
