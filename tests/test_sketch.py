@@ -114,3 +114,15 @@ def test_a_checkpoint_without_its_basis_is_refused(tmp_path):
     save_checkpoint(path, state)
     with pytest.raises(CheckpointError, match="lacks a sketch basis"):
         load(tmp_path)
+
+
+def test_a_run_saved_before_guide_inputs_existed_loads_as_sparse(tmp_path):
+    """Runs saved by earlier versions read sparse rows; their configs lack the key."""
+    fitted = fit(small_config(), progress=False)  # guide.inputs = "sparse"
+    path = fitted.save(tmp_path)
+    state = load_checkpoint(path)
+    del state["config"]["guide"]["inputs"], state["sketch"]
+    save_checkpoint(path, state)
+    again = load(tmp_path)
+    assert again.config["guide.inputs"] == "sparse"
+    torch.testing.assert_close(again.posterior.z_user_loc, fitted.posterior.z_user_loc)

@@ -161,6 +161,12 @@ KEYS: dict[str, Key] = {
 SECTIONS = sorted({k.split(".")[0] for k in KEYS})
 
 
+#: Keys whose default changed, with the value runs saved before the key existed had:
+#: ``guide.inputs`` arrived with sketched inputs as its default; earlier runs read
+#: sparse rows.
+EARLIER_DEFAULTS = {"guide.inputs": "sparse"}
+
+
 class Config(Mapping):
     """A validated configuration: a read-only mapping from dotted key to value.
 
@@ -187,6 +193,19 @@ class Config(Mapping):
         for name, value in values.items():
             values[name] = _validate(name, value, "--set" if name in overridden else source)
         return cls(values, source)
+
+    @classmethod
+    def from_saved(cls, nested: Mapping[str, Any], *, source: str) -> Config:
+        """A configuration saved with a run: a key it lacks whose default has changed
+        since takes the value it had when the run was made (:data:`EARLIER_DEFAULTS`)."""
+        completed = {section: dict(table) if isinstance(table, Mapping) else table
+                     for section, table in nested.items()}
+        for name, old in EARLIER_DEFAULTS.items():
+            section, key = name.split(".", 1)
+            table = completed.setdefault(section, {})
+            if isinstance(table, dict):
+                table.setdefault(key, old)
+        return cls.from_dict(completed, source=source)
 
     def replace(self, **dotted: Any) -> Config:
         """A copy with keys replaced; pass dotted names via ``**{"train.seed": 3}``."""

@@ -222,7 +222,7 @@ class FittedModel:
             raise CheckpointError(f"{path}: no such run directory")
         state = load_checkpoint(path)
         try:
-            config = Config.from_dict(state["config"], source=str(path))
+            config = Config.from_saved(state["config"], source=str(path))
         except ConfigError as err:
             raise CheckpointError(f"{path}: its configuration is not valid for this version "
                                   f"of deepfactor: {err}") from None

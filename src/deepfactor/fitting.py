@@ -265,7 +265,7 @@ def read_training_checkpoint(path: str | os.PathLike) -> tuple[Config, dict]:
     state = load_checkpoint(path)
     if state.get("kind") != "training":
         raise CheckpointError(f"{path}: not a training checkpoint (nothing to resume)")
-    return Config.from_dict(state["config"], source=str(path)), state["trainer"]
+    return Config.from_saved(state["config"], source=str(path)), state["trainer"]
 
 
 def with_targets(ratings: Ratings, likelihood, config: Config | None = None) -> Ratings:
