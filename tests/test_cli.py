@@ -156,3 +156,36 @@ def test_predict_to_standard_output(run_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     frame = pd.read_csv(io.StringIO(result.stdout), dtype={"user": str, "movie": str})
     assert list(frame["user"]) == ["3", "1"] and not (tmp_path / "-").exists()
+
+
+def test_a_failed_overwrite_leaves_the_earlier_run_whole(tmp_path):
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    good.write_text("".join(f"{u},{m},{1 + (u * m) % 5},0\n" for u in range(12)
+                            for m in range(10)))
+    bad.write_text("1,1,3,0\n2,2,x,0\n")
+    out = tmp_path / "run"
+    file_run = ["--set", "data.dataset=file", "--set", "data.split=random", "--set",
+                "data.columns=['user', 'movie', 'rating', 'timestamp']", "--set",
+                "train.epochs=1", "--set", "train.batch_size=50", "--quiet"]
+    config = str(REPO / "models" / "gaussian.toml")
+    assert run("fit", config, "--data", str(good), "--out", str(out), *file_run).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    failed = run("fit", config, "--data", str(bad), "--out", str(out), "--overwrite", *file_run)
+    assert failed.returncode == 2 and "bad.csv:2" in failed.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not (tmp_path / "never").exists()
+    assert run("fit", config, "--data", str(bad), "--out", str(tmp_path / "never"),
+               *file_run).returncode == 2
+    assert not (tmp_path / "never").exists()  # no directory for a run that never started
+
+
+def test_a_closed_pipe_ends_quietly(run_dir):
+    """``deepfactor recommend ... | head``: the reader is gone before the table is written."""
+    child = subprocess.Popen([sys.executable, "-m", "deepfactor", "recommend", str(run_dir),
+                              "--user", "1", "-k", "5"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child.stdout.close()  # every write to stdout now fails with EPIPE
+    with child.stderr:
+        error = child.stderr.read()
+    assert child.wait() == 0 and "Traceback" not in error, error

@@ -16,6 +16,7 @@ import argparse  # noqa: E402
 import csv  # noqa: E402
 import io  # noqa: E402
 import logging  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -139,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("deepfactor: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output left (`... | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 # -- fit --------------------------------------------------------------------------------
@@ -175,15 +179,20 @@ def _fit(args) -> int:
 
 def _fit_here(args, config, out, resume, data_dir, *, main: bool, world_size: int = 1) -> int:
     from .checkpoint import write_json, write_text
-    from .fitting import fit
+    from .fitting import fit, load_data
     from .reproducibility import environment
     from .train import TrainingInterrupted
 
+    # The data first: a bad file stops the command before anything is written, so an
+    # earlier run in ``out`` stays whole.
+    data = load_data(config, data_dir)
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        if resume is None:
+            _clear_results(out)  # an earlier run's files (--overwrite) would not match
         write_text(out / "config.toml", config.to_toml())
     try:
-        fitted = fit(config, data_dir=data_dir, progress=not args.quiet,
+        fitted = fit(config, data=data, progress=not args.quiet,
                      checkpoint_path=out / TRAINING_CHECKPOINT, resume=resume)
     except TrainingInterrupted as err:
         if main:
@@ -204,6 +213,21 @@ def _fit_here(args, config, out, resume, data_dir, *, main: bool, world_size: in
         print(_summary(fitted.metrics, f"{config['data.split']} test"))
         print(f"run written to {out}")
     return 0
+
+
+#: What ``deepfactor fit``, ``evaluate`` and ``check`` write into a run directory.
+RESULTS = ("model.pt", TRAINING_CHECKPOINT, "metrics.json", "trace.csv", "environment.json",
+           "evaluation-*.json", "checks")
+
+
+def _clear_results(out: Path) -> None:
+    """Remove an earlier run's results from ``out`` (its other files stay)."""
+    for pattern in RESULTS:
+        for path in out.glob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 def _fit_setup(args):

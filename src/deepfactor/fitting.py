@@ -160,10 +160,11 @@ def fit(config: Config, *, data: SplitData | None = None,
     rank then returns.
     """
     start = time.perf_counter()
-    set_seed(config["train.seed"])
     configure_threads(config["train.num_threads"])
-    pyro.settings.set(module_local_params=True)
     data = data or load_data(config, data_dir)
+    # seeded after the data, so that passing ``data`` or loading it gives the same fit
+    set_seed(config["train.seed"])
+    pyro.settings.set(module_local_params=True)
     model, guide = build_modules(config, data.train.num_movies, data.train.num_users)
     likelihood = model.likelihood
 
