@@ -108,3 +108,19 @@ def test_synthetic_bernoulli_data_survive_the_configured_threshold():
 
     liked = make_likelihood("bernoulli", threshold=3.0).prepare(data.train.rating)
     assert 0.1 < liked.mean() < 0.9  # both classes present, as the model drew them
+
+
+def test_scoring_ratings_the_encoders_read_warns():
+    from deepfactor.fitting import HeldOutOverlapWarning, evaluate
+
+    config = small_config()
+    data = load_data(config)
+    fitted = fit(config, data=data, progress=False)
+    some_train = data.train.subset(np.arange(15))
+    leaky = Ratings(np.concatenate([data.test.movie, some_train.movie]),
+                    np.concatenate([data.test.user, some_train.user]),
+                    np.concatenate([data.test.rating, some_train.rating]),
+                    data.test.movie_ids, data.test.user_ids)
+    with pytest.warns(HeldOutOverlapWarning, match=r"^15 of the \d+ test ratings"):
+        evaluate(fitted, leaky)
+    evaluate(fitted, data.test)  # the split's own test file: no warning (warnings are errors)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,7 +46,7 @@ from .sketch import Sketch
 from .train import SVITrainer, TrainSettings, make_elbo
 
 __all__ = ["SplitData", "load_data", "fit", "evaluate", "read_training_checkpoint",
-           "training_inputs"]
+           "training_inputs", "HeldOutOverlapWarning"]
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,17 @@ def fit(config: Config, *, data: SplitData | None = None,
     return fitted
 
 
+class HeldOutOverlapWarning(UserWarning):
+    """Ratings scored as held out are among those the encoders read."""
+
+
+def _pairs_read(test: Ratings, read: Ratings) -> int:
+    """How many (movie, user) pairs of ``test`` are in ``read`` (same id maps)."""
+    def keys(r: Ratings) -> np.ndarray:
+        return r.movie.astype(np.int64) * r.num_users + r.user
+    return int(np.isin(keys(test), keys(read)).sum())
+
+
 def training_inputs(config: Config, fit_part: Ratings, center: float, spread: float,
                     world=None) -> EncoderInputs:
     """What the encoders read in training: ``fit_part``'s targets, standardized.
@@ -306,7 +318,9 @@ def evaluate(fitted: FittedModel, test: Ratings) -> dict:
 
     Every test rating is scored. A rating whose movie or user has no training rating
     (cold start) is predicted from the prior predictive for that entity, and the metrics
-    are also given separately for the ``warm`` and ``cold`` parts.
+    are also given separately for the ``warm`` and ``cold`` parts. Test pairs that the
+    encoders read (another split's test file scored by a model reading this split's
+    training file, say) raise a :class:`HeldOutOverlapWarning`: their scores flatter.
 
     Returns
     -------
@@ -315,6 +329,12 @@ def evaluate(fitted: FittedModel, test: Ratings) -> dict:
     """
     name = fitted.likelihood
     test = with_targets(fitted.reindex(test), fitted.model.likelihood, fitted.config)
+    read = _pairs_read(test, fitted.encoder_ratings)
+    if read:
+        warnings.warn(f"{read} of the {len(test)} test ratings are (movie, user) pairs the "
+                      "encoders read, so their scores are optimistic; score a split's test "
+                      "file with the encoders reading that split's training file",
+                      HeldOutOverlapWarning, stacklevel=2)
     out = fitted.summaries(test.movie, test.user, target=test.rating)
     train = fitted.encoder_ratings
     cold = (train.movie_counts()[test.movie] == 0) | (train.user_counts()[test.user] == 0)
