@@ -99,3 +99,17 @@ def test_garbage_never_suggests_unsafe_loading(tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
     assert "weights_only" not in str(info.value)
+
+
+def test_written_files_follow_the_umask_not_the_temporary_files_0600(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.txt", lambda f: f.write(b"x"))
+        os.umask(0o077)
+        atomic_write(tmp_path / "b.txt", lambda f: f.write(b"x"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600

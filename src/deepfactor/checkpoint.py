@@ -35,7 +35,9 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it.
 
     Readers never see a half-written file, and a failure leaves the old ``path``
-    untouched.
+    untouched. The file gets the permissions a plain ``open`` would give it (0666 less
+    the umask), not the private 0600 of a temporary file, so that a shared run
+    directory stays readable by whom the umask allows.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,11 +46,19 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.chmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
