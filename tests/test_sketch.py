@@ -126,3 +126,21 @@ def test_a_run_saved_before_guide_inputs_existed_loads_as_sparse(tmp_path):
     again = load(tmp_path)
     assert again.config["guide.inputs"] == "sparse"
     torch.testing.assert_close(again.posterior.z_user_loc, fitted.posterior.z_user_loc)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda s: s["sketch"]["movie"].update(directions=s["sketch"]["movie"]["directions"][:, :2]),
+     r"damaged: a sketch basis of shape \(\d+, 2\), expected \(\d+, 4\)"),
+    (lambda s: s.pop("input_standardization"), "damaged: KeyError"),
+    (lambda s: s["encoder_ratings"].update(movie=s["encoder_ratings"]["movie"] + 10_000),
+     "damaged: ValueError"),
+])
+def test_a_checkpoint_damaged_inside_is_a_clear_error(tmp_path, damage, message):
+    fitted = fit(small_config(**{"guide.inputs": "sketch", "guide.sketch_dim": 4}),
+                 progress=False)
+    path = fitted.save(tmp_path)
+    state = load_checkpoint(path)
+    damage(state)
+    save_checkpoint(path, state)
+    with pytest.raises(CheckpointError, match=message):
+        load(tmp_path)

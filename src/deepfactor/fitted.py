@@ -234,17 +234,30 @@ class FittedModel:
         except RuntimeError as err:
             raise CheckpointError(f"{path}: parameters do not fit its configuration "
                                   f"({str(err).splitlines()[0]})") from None
-        r = state["encoder_ratings"]
-        ratings = Ratings(r["movie"].numpy(), r["user"].numpy(), r["target"].numpy(),
-                          movie_ids, user_ids, source=str(path))
-        std = state["input_standardization"]
-        sketch = state.get("sketch")
+        try:  # a file that unpickles safely may still be damaged inside
+            r = state["encoder_ratings"]
+            ratings = Ratings(r["movie"].numpy(), r["user"].numpy(), r["target"].numpy(),
+                              movie_ids, user_ids, source=str(path))
+            center = float(state["input_standardization"]["center"])
+            spread = float(state["input_standardization"]["spread"])
+            sketch = state.get("sketch")
+            if sketch is not None:
+                sketch = Sketch.from_state(sketch)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise CheckpointError(f"{path}: damaged: {type(err).__name__}: {err}") from None
         if (sketch is None) != (config["guide.inputs"] != "sketch"):
             raise CheckpointError(f"{path}: guide.inputs is {config['guide.inputs']!r} but "
                                   f"the file {'lacks' if sketch is None else 'holds'} a "
                                   "sketch basis")
-        return cls(config, model, guide, ratings, std["center"], std["spread"],
-                   sketch=Sketch.from_state(sketch) if sketch is not None else None)
+        if sketch is not None:
+            d = config["guide.sketch_dim"]
+            for basis, columns in ((sketch.movie, len(user_ids)), (sketch.user, len(movie_ids))):
+                if (tuple(basis.directions.shape) != (columns, d)
+                        or tuple(basis.value_scale.shape) != (d,)):
+                    raise CheckpointError(
+                        f"{path}: damaged: a sketch basis of shape "
+                        f"{tuple(basis.directions.shape)}, expected ({columns}, {d})")
+        return cls(config, model, guide, ratings, center, spread, sketch=sketch)
 
 
 def _both_indices(fitted: FittedModel, users: list[str], movies: list[str]):
