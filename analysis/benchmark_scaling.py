@@ -6,8 +6,8 @@ Question
     size (with sketched inputs, ``--set guide.inputs=sketch``, ``O(B + entities in the
     batch)`` after a one-off ``O(ratings x d)`` projection, timed apart with the building
     of the inputs as ``inputs s``), so seconds per epoch should grow linearly in the
-    ratings (slope of log(epoch time) against log(ratings) at most 1.1). How fast is it at 100K, 1M, 5M
-    and 25M ratings on 2 threads, how much memory does it hold, and how does the Pyro
+    ratings (slope of log(epoch time) against log(ratings) at most 1.1). How fast is it
+    at 100K, 1M, 5M and 25M ratings on 2 threads, how much memory does it hold, and how does the Pyro
     path compare with the same minibatch computation written in plain PyTorch?
 Data
     MovieLens-like synthetic ratings (:mod:`deepfactor.synthetic`: Zipf-like movie
