@@ -1,20 +1,21 @@
 """Does an epoch cost time linear in the number of ratings, and what does Pyro cost on top?
 
 Question
-    With bounded encoder inputs (``guide.max_inputs``) and a row-sparse first layer, a
-    training step should cost ``O(B + (entities in the batch) x K)`` whatever the total
-    size (with sketched inputs, ``--set guide.inputs=sketch``, ``O(B + entities in the
-    batch)`` after a one-off ``O(ratings x d)`` projection, timed apart with the building
-    of the inputs as ``inputs s``), so seconds per epoch should grow linearly in the
-    ratings (slope of log(epoch time) against log(ratings) at most 1.1). How fast is it
-    at 100K, 1M, 5M and 25M ratings on 2 threads, how much memory does it hold, and how does the Pyro
-    path compare with the same minibatch computation written in plain PyTorch?
+    With sketched encoder inputs (the default) a training step should cost
+    ``O(B + entities in the batch)`` after a one-off ``O(ratings x d)`` projection
+    (timed apart, with the building of the inputs, as ``inputs s``); with sparse inputs
+    (``--set guide.inputs=sparse``), bounded reads (``guide.max_inputs``) and a row-sparse
+    first layer, ``O(B + (entities in the batch) x K)``. Either way seconds per epoch
+    should grow linearly in the ratings (slope of log(epoch time) against log(ratings)
+    at most 1.1). How fast is it at 100K, 1M, 5M and 25M ratings on 2 threads, how much
+    memory does it hold, and how does the Pyro path compare with the same minibatch
+    computation written in plain PyTorch?
 Data
     MovieLens-like synthetic ratings (:mod:`deepfactor.synthetic`: Zipf-like movie
     popularity and user activity, at least 20 ratings per user, MovieLens entity counts),
     drawn from a small truth model (decoder 40 tanh units on the product); no files.
 Model
-    ``models/gaussian.toml`` (its batch size, widths and ``guide.max_inputs``), Normal
+    ``models/gaussian.toml`` (its batch size, widths and encoder inputs), Normal
     likelihood, ``Trace_ELBO``. The Pyro path is the trainer's own step
     (``SVITrainer._step``: loss, backward, :class:`~deepfactor.optim.RowSparseAdam`,
     NaN guard) on batches from :class:`~deepfactor.batching.RatingBatcher`. The plain
