@@ -1,6 +1,7 @@
 """Move the tutorial's code links back onto the lines that hold their quoted code.
 
-``docs/tutorial.md`` links code spans to lines, e.g. ``[`features = zm * zu`](../src/deepfactor/model.py#L83)``.
+``docs/tutorial.md`` links code spans to lines, e.g.
+``[`features = zm * zu`](../src/deepfactor/model.py#L83)``.
 When code moves, ``tests/test_tutorial.py`` fails; this rewrites each such anchor to the
 nearest line (to the old one) that holds the quoted code, keeping a range's length, and
 lists the links it could not place. Run: ``python tools/relink_tutorial.py``.
@@ -30,7 +31,8 @@ def main() -> int:
     unplaced = []
 
     def place(match: re.Match) -> str:
-        label, path, first, last = match.group(1), match.group(2), int(match.group(3)), match.group(4)
+        label, path, last = match.group(1), match.group(2), match.group(4)
+        first = int(match.group(3))
         span = int(last) - first if last else 0
         lines = (TUTORIAL.parent / path).resolve().read_text(encoding="utf-8").splitlines()
         code, held = holds(label)
