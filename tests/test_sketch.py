@@ -112,7 +112,7 @@ def test_a_checkpoint_without_its_basis_is_refused(tmp_path):
     state = load_checkpoint(path)
     state["sketch"] = None
     save_checkpoint(path, state)
-    with pytest.raises(CheckpointError, match="lacks a sketch basis"):
+    with pytest.raises(CheckpointError, match="'sketch' but there is no sketch basis"):
         load(tmp_path)
 
 

@@ -424,16 +424,10 @@ class RatingBatcher:
             yield self.batch(order[start:start + self.batch_size], kl_weight)
 
     def batch(self, positions: np.ndarray, kl_weight: float = 1.0,
-              within: np.ndarray | None = None) -> Batch:
-        """The batch of ``positions``; ``within``: the global batch they are a shard of.
-
-        With ``within``, the encoders' input subsets are drawn for the global batch's
-        entities and the shard keeps its own (see :meth:`EncoderInputs.movie_bag`).
-        """
-        drawn_for = None
-        if within is not None:
-            drawn_for = (np.unique(self.ratings.movie[within]),
-                         np.unique(self.ratings.user[within]))
+              drawn_for: tuple[np.ndarray, np.ndarray] | None = None) -> Batch:
+        """The batch of ``positions``; ``drawn_for``: the distinct (sorted) movies and
+        users of the global batch that ``positions`` are a shard of, whose encoder input
+        subsets are drawn (see :meth:`EncoderInputs.movie_bag`)."""
         return make_batch(self.ratings, self.targets, positions, self.inputs,
                           kl_weight=kl_weight, totals=self._totals,
                           generator=self.input_generator,

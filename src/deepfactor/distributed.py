@@ -214,7 +214,7 @@ def shard_loss(loss_fn: torch.nn.Module, batcher, positions: np.ndarray, kl_weig
         with torch.no_grad(), _noise_for(every, movies, users):
             loss_fn.guide(every)
         return None, None
-    batch = batcher.batch(mine, kl_weight, within=positions)
+    batch = batcher.batch(mine, kl_weight, drawn_for=(movies, users))
     with _noise_for(batch, movies, users):
         loss = loss_fn(batch)
     return loss * (len(mine) / len(positions)), batch

@@ -75,9 +75,8 @@ class FittedModel:
                  encoder_ratings: Ratings, center: float, spread: float,
                  metrics: dict | None = None, history: list[dict] | None = None,
                  sketch: Sketch | None = None):
-        if (sketch is None) != (config["guide.inputs"] != "sketch"):
-            raise ValueError(f"guide.inputs is {config['guide.inputs']!r}, so a fitted model "
-                             f"{'needs' if sketch is None else 'takes no'} sketch basis")
+        if mismatch := _sketch_mismatch(config, sketch):
+            raise ValueError(mismatch)
         self.config, self.model, self.guide = config, model, guide
         self.encoder_ratings = encoder_ratings
         self.movie_ids, self.user_ids = encoder_ratings.movie_ids, encoder_ratings.user_ids
@@ -245,10 +244,8 @@ class FittedModel:
                 sketch = Sketch.from_state(sketch)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise CheckpointError(f"{path}: damaged: {type(err).__name__}: {err}") from None
-        if (sketch is None) != (config["guide.inputs"] != "sketch"):
-            raise CheckpointError(f"{path}: guide.inputs is {config['guide.inputs']!r} but "
-                                  f"the file {'lacks' if sketch is None else 'holds'} a "
-                                  "sketch basis")
+        if mismatch := _sketch_mismatch(config, sketch):
+            raise CheckpointError(f"{path}: {mismatch}")
         if sketch is not None:
             d = config["guide.sketch_dim"]
             for basis, columns in ((sketch.movie, len(user_ids)), (sketch.user, len(movie_ids))):
@@ -258,6 +255,14 @@ class FittedModel:
                         f"{path}: damaged: a sketch basis of shape "
                         f"{tuple(basis.directions.shape)}, expected ({columns}, {d})")
         return cls(config, model, guide, ratings, center, spread, sketch=sketch)
+
+
+def _sketch_mismatch(config: Config, sketch: Sketch | None) -> str | None:
+    """Why ``sketch`` does not go with ``config``'s ``guide.inputs`` (None: it does)."""
+    if (sketch is None) == (config["guide.inputs"] == "sketch"):
+        return (f"guide.inputs is {config['guide.inputs']!r} but there is "
+                f"{'no' if sketch is None else 'a'} sketch basis")
+    return None
 
 
 def _both_indices(fitted: FittedModel, users: list[str], movies: list[str]):
