@@ -8,6 +8,7 @@ The ranks are spawned processes that join a process group listening on 127.0.0.1
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from deepfactor.config import Config
-from deepfactor.distributed import World, free_loopback_port, init_loopback, shard
+from deepfactor.distributed import (World, free_loopback_port, init_loopback, shard,
+                                    shutdown)
 from deepfactor.fitting import fit, read_training_checkpoint
 from deepfactor.train import SVITrainer, TrainingInterrupted
 
@@ -118,6 +120,25 @@ def _assert_same_parameters(a, b, atol):
 
 def _untimed(history):
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def _leave(rank, world_size, port, out):
+    """Join, build an optimizer (it imports torch._dynamo), all-reduce, leave."""
+    torch.set_num_threads(1)
+    init_loopback(rank, world_size, port)
+    torch.optim.Adam(torch.nn.Linear(2, 2).parameters())
+    dist.all_reduce(torch.ones(3))
+    group = dist.group.WORLD
+    shutdown()
+    (out / f"references{rank}.txt").write_text(str(sys.getrefcount(group)))
+
+
+def test_leaving_frees_the_process_group(tmp_path):
+    # A group still referenced after shutdown keeps its gloo threads into interpreter
+    # exit, where the process can abort (distributed._load_dynamo_first); after
+    # shutdown only the local name and getrefcount's argument may refer to it.
+    mp.spawn(_leave, args=(2, free_loopback_port(), tmp_path), nprocs=2, join=True)
+    assert [(tmp_path / f"references{r}.txt").read_text() for r in range(2)] == ["2", "2"]
 
 
 def test_shards_partition_the_global_batch():

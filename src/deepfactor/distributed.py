@@ -46,6 +46,7 @@ Decisions taken once for all ranks
 from __future__ import annotations
 
 import datetime
+import importlib
 import os
 import socket
 from dataclasses import dataclass
@@ -93,8 +94,23 @@ def init_from_environment() -> World | None:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     if not dist.is_initialized():
+        _load_dynamo_first()
         dist.init_process_group(backend=BACKEND)
     return current_world()
+
+
+def _load_dynamo_first() -> None:
+    """Import ``torch._dynamo`` before a process group exists, so that it holds none.
+
+    Known shortcoming of torch (seen with 2.13): when ``torch._dynamo`` is first imported
+    after ``init_process_group`` (building a ``torch.optim`` optimizer imports it), its
+    cached tracing rules keep references to the default group, and
+    ``destroy_process_group`` then cannot free it. The group's gloo threads live on into
+    interpreter shutdown, where releasing their last all-reduce needs the GIL and the
+    process aborts ("terminate called without an active exception"), now and then. When
+    the import comes first, ``init_process_group`` clears those caches itself.
+    """
+    importlib.import_module("torch._dynamo")
 
 
 def init_loopback(rank: int, size: int, port: int) -> World:
@@ -118,6 +134,7 @@ def init_loopback(rank: int, size: int, port: int) -> World:
         listener.bind(("127.0.0.1", port))
         listener.listen()
         listen_fd = listener.detach()  # the store owns the socket from now on
+    _load_dynamo_first()
     store = dist.TCPStore("127.0.0.1", port, size, rank == 0, master_listen_fd=listen_fd,
                           timeout=datetime.timedelta(seconds=120))
     dist.init_process_group(BACKEND, store=store, rank=rank, world_size=size)
