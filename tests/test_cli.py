@@ -105,6 +105,20 @@ def test_a_missing_pairs_file_is_one_line(run_dir, tmp_path):
     assert result.stderr.strip() == f"deepfactor: error: {tmp_path / 'nofile.txt'}: no such file"
 
 
+def test_an_unknown_split_names_the_option_not_the_checkpoint(run_dir):
+    result = run("evaluate", str(run_dir), "--split", "u9")
+    assert result.returncode == 2 and "model.pt" not in result.stderr
+    assert result.stderr.startswith("deepfactor: error: --split 'u9': 'data.split' must be")
+
+
+def test_quoted_pairs_are_read(run_dir, tmp_path):
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text('"user","movie"\n"3","7"\n')
+    result = run("predict", str(run_dir), "--pairs", str(pairs), "--out", "-")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1].startswith("3,7,")
+
+
 def test_unknown_users_and_movies_are_named_together(run_dir, tmp_path):
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("9999\t7\n3\t8888\n")

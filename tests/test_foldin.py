@@ -164,6 +164,7 @@ def test_unknown_movies_in_predict_are_named(fitted):
     "# my ratings\n242,5\n\n302,3.5,extra\n",
     "242 5\n302   3.5\n",
     "movieId::rating\n242::5\n302::3.5\n",
+    '"movie","rating"\n"242","5"\n"302",3.5\n',  # as a spreadsheet quotes them
 ])
 def test_ratings_file_formats(tmp_path, text):
     path = tmp_path / "mine.tsv"
@@ -275,3 +276,22 @@ def test_fold_in_ratings_obey_the_declared_scale():
     with pytest.raises(ValueError, match=r"outside the declared scale \[1, 5\]"):
         fold_in(fitted, {movie: 9})
     fold_in(fitted, {movie: 5})  # inside: accepted
+
+
+def test_a_refused_rating_from_a_file_names_its_line(tmp_path):
+    from deepfactor.fitting import fit
+
+    from conftest import small_config
+
+    fitted = fit(small_config(**{"data.rating_scale": [1, 5],
+                                 "model.likelihood": "ordinal"}), progress=False)
+    fitted.config = fitted.config.replace(**{"data.dataset": "ml-100k"})  # see above
+    first, second = fitted.movie_ids.raw[:2]
+    path = tmp_path / "mine.tsv"
+    path.write_text(f"movie\trating\n{first}\t4\n# a comment\n{second}\t9\n")
+    with pytest.raises(ValueError, match=rf"mine.tsv:4: the rating of movie '{second}', 9, "
+                                         r"is outside the declared scale"):
+        fold_in(fitted, read_fold_in_ratings(path))
+    path.write_text(f"{first}\t4\n{second}\t3.5\n")  # not an ordinal level
+    with pytest.raises(ValueError, match=r"mine.tsv:2: rating 3.5 is not one of the ordinal"):
+        fold_in(fitted, read_fold_in_ratings(path))

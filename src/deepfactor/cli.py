@@ -321,7 +321,10 @@ def _evaluate(args) -> int:
     fitted = load(args.run)
     fitted_split = fitted.config["data.split"]
     split = args.split or fitted_split
-    config = fitted.config.replace(**{"data.split": split})
+    try:
+        config = fitted.config.replace(**{"data.split": split})
+    except ValueError as err:  # names the run's model.pt as the source; the value is ours
+        raise UsageError(f"--split {split!r}: {str(err).split(': ', 1)[-1]}") from None
     data = load_data(config, args.data)
     if split != fitted_split:
         # Re-encode from this split's own training file: the encoders read it, and
@@ -418,8 +421,8 @@ def _recommend(args) -> int:
                 who = fold_in(fitted, ratings, name=Path(args.ratings).name,
                               unknown="error" if args.strict else "warn")
             except ValueError as err:  # a value the likelihood does not accept
-                raise UsageError(f"{args.ratings}: {err}" if Path(args.ratings).name
-                                 not in str(err) else str(err)) from None
+                raise UsageError(str(err) if str(err).startswith(args.ratings)
+                                 else f"{args.ratings}: {err}") from None
         for warning in caught:
             print(f"deepfactor: warning: {warning.message}", file=sys.stderr)
         label = f"a new user from {args.ratings} ({len(who.rated)} ratings read)"

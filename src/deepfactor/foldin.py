@@ -38,13 +38,13 @@ import torch
 
 from .batching import EncoderInputs
 from .data.ratings import IdIndex, Ratings
-from .data.readers import DataFormatError
+from .data.readers import DataFormatError, guess_separator, split_fields
 from .predict import Posterior, predictive_summaries
 
 if TYPE_CHECKING:
     from .fitted import FittedModel
 
-__all__ = ["FoldIn", "FoldInWarning", "fold_in", "read_fold_in_ratings"]
+__all__ = ["FoldIn", "FoldInWarning", "RatingsFile", "fold_in", "read_fold_in_ratings"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,26 @@ _OTHER = {"user": "movie", "movie": "user"}
 
 class FoldInWarning(UserWarning):
     """Some given ratings could not be used (unknown ids), or none could."""
+
+
+class RatingsFile(dict):
+    """Ratings read from a file: a dict of raw id to rating that knows each one's line.
+
+    :func:`fold_in` takes it like any mapping; when a rating is refused (outside the
+    rating scale, not a level of the likelihood), its error names ``source:line``.
+
+    Attributes
+    ----------
+    source : str
+        The file as it was named.
+    lines : dict of str to int
+        The 1-based line of each id's rating.
+    """
+
+    def __init__(self, source: str):
+        super().__init__()
+        self.source = source
+        self.lines: dict[str, int] = {}
 
 
 @dataclass(frozen=True, eq=False)
@@ -204,9 +224,13 @@ def fold_in(fitted: FittedModel, ratings: Mapping[object, float], *, kind: Kind 
     other = _OTHER[kind]
     others = fitted.movie_ids if kind == "user" else fitted.user_ids
     ids, values = _checked(ratings, other)
+    if isinstance(ratings, RatingsFile):  # errors name file:line
+        source, lines = ratings.source, np.array([ratings.lines[i] for i in ids])
+    else:
+        source, lines = f"fold-in of {kind} {name!r}", None
     # the scale is checked as for the training files: not for simulated data
     if fitted.config["data.dataset"] != "synthetic":
-        _check_scale(ids, values, other, fitted.config["data.rating_scale"])
+        _check_scale(ids, values, other, fitted.config["data.rating_scale"], source, lines)
 
     known = np.fromiter((i in others for i in ids), dtype=bool, count=len(ids))
     missing = [i for i, ok in zip(ids, known) if not ok]
@@ -220,8 +244,8 @@ def fold_in(fitted: FittedModel, ratings: Mapping[object, float], *, kind: Kind 
                       FoldInWarning, stacklevel=2)
     ids = [i for i, ok in zip(ids, known) if ok]
     rated = others.index_of(ids, what=f"{other} id")  # (n,)
-    targets = fitted.model.likelihood.prepare(values[known],
-                                              source=f"fold-in of {kind} {name!r}")
+    targets = fitted.model.likelihood.prepare(
+        values[known], source=source, lines=None if lines is None else lines[known])
     if not len(rated) and unknown != "ignore":
         warnings.warn(f"fold-in of {kind} {name!r}: no rating of a known {other}, so its "
                       "posterior is the prior N(0, I)", FoldInWarning, stacklevel=2)
@@ -232,15 +256,18 @@ def fold_in(fitted: FittedModel, ratings: Mapping[object, float], *, kind: Kind 
     return FoldIn(fitted, kind, str(name), z_loc, z_scale, rated, targets, tuple(missing))
 
 
-def _check_scale(ids: list[str], values: np.ndarray, other: str, scale: list) -> None:
+def _check_scale(ids: list[str], values: np.ndarray, other: str, scale: list, source: str,
+                 lines: np.ndarray | None) -> None:
     """The fit's ``data.rating_scale`` holds for fold-in ratings too."""
     if not scale:
         return
     outside = np.flatnonzero((values < scale[0]) | (values > scale[1]))
     if outside.size:
         k = outside[0]
-        raise ValueError(f"the rating of {other} {ids[k]!r}, {values[k]:g}, is outside the "
-                         f"declared scale [{scale[0]:g}, {scale[1]:g}] (data.rating_scale)")
+        where = source if lines is None else f"{source}:{lines[k]}"
+        raise ValueError(f"{where}: the rating of {other} {ids[k]!r}, {values[k]:g}, is "
+                         f"outside the declared scale [{scale[0]:g}, {scale[1]:g}] "
+                         "(data.rating_scale)")
 
 
 def _checked(ratings: Mapping[object, float], other: str) -> tuple[list[str], np.ndarray]:
@@ -301,18 +328,20 @@ _HEADERS = ("movie", "movieid", "movie_id", "item", "itemid", "item_id", "user",
 
 
 def read_fold_in_ratings(path: str | os.PathLike, *,
-                         encoding: str = "utf-8-sig") -> dict[str, float]:
+                         encoding: str = "utf-8-sig") -> RatingsFile:
     """Read a new entity's ratings: an id and a rating per line.
 
     The separator is taken from the first line (tab, ``::``, comma, else any
-    whitespace); a header whose first field is ``movie`` (``movieId``, ``item``, ...)
-    is skipped, blank lines and lines starting with ``#`` are ignored, and further
-    fields are ignored.
+    whitespace); tab- and comma-separated fields may be quoted as a spreadsheet writes
+    them (``"242","5"``); a header whose first field is ``movie`` (``movieId``,
+    ``item``, ...) is skipped, blank lines and lines starting with ``#`` are ignored,
+    and further fields are ignored.
 
     Returns
     -------
-    dict of str to float
-        Raw id (as written) to rating, in file order.
+    RatingsFile
+        A dict of raw id (as written) to rating, in file order, that also holds each
+        rating's line, so that :func:`fold_in` can name it.
 
     Raises
     ------
@@ -331,12 +360,11 @@ def read_fold_in_ratings(path: str | os.PathLike, *,
     lines = [(n, t) for n, t in lines if t and not t.startswith("#")]
     if not lines:
         raise DataFormatError(f"{source}: no ratings (the file is empty or blank)")
-    sep = next((s for s in ("\t", "::", ",") if s in lines[0][1]), None)
+    sep = guess_separator(lines[0][1])
 
-    out: dict[str, float] = {}
-    where: dict[str, int] = {}
+    out = RatingsFile(source)
     for number, line in lines:
-        fields = [f.strip() for f in (line.split(sep) if sep else line.split())]
+        fields = split_fields(line, sep)
         if number == lines[0][0] and fields[0].lower() in _HEADERS:
             continue
         if len(fields) < 2 or not fields[0]:
@@ -351,8 +379,8 @@ def read_fold_in_ratings(path: str | os.PathLike, *,
                                   "number")
         if fields[0] in out:
             raise DataFormatError(f"{source}:{number}: id {fields[0]!r} already rated on "
-                                  f"line {where[fields[0]]}")
-        out[fields[0]], where[fields[0]] = value, number
+                                  f"line {out.lines[fields[0]]}")
+        out[fields[0]], out.lines[fields[0]] = value, number
     if not out:
         raise DataFormatError(f"{source}: no ratings after the header")
     return out

@@ -21,6 +21,7 @@ to name the first bad one.
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from collections.abc import Sequence
@@ -33,10 +34,12 @@ from deepfactor.data.ratings import IdIndex, Ratings
 
 __all__ = [
     "DataFormatError",
+    "guess_separator",
     "read_movie_genres",
     "read_movie_titles",
     "read_pairs",
     "read_ratings_file",
+    "split_fields",
 ]
 
 logger = logging.getLogger(__name__)
@@ -524,13 +527,34 @@ def _genre_flags(row: list[str], num_genres: int, path: Path, number: int) -> li
 _USER_HEADERS = ("user", "userid", "user_id")
 
 
+def guess_separator(first_line: str) -> str | None:
+    """The separator of a small id file from its first line: tab, ``::``, comma, or None.
+
+    None means any run of whitespace.
+    """
+    return next((s for s in ("\t", "::", ",") if s in first_line), None)
+
+
+def split_fields(line: str, sep: str | None) -> list[str]:
+    """The stripped fields of ``line``; tab- and comma-separated ones may be quoted.
+
+    ``csv`` undoes the quoting a spreadsheet writes (``"242","5"``). Never empty: a
+    blank line gives ``[""]``.
+    """
+    if sep in ("\t", ","):
+        fields = next(csv.reader([line], delimiter=sep), [])
+    else:
+        fields = line.split(sep) if sep else line.split()
+    return [f.strip() for f in fields] or [""]
+
+
 def read_pairs(path: PathLike, *, encoding: str = "utf-8-sig") -> tuple[list[str], list[str]]:
     """Read (user, movie) raw-id pairs: the first two fields of each line.
 
     The separator is taken from the first line (tab, ``::``, comma, else any
     whitespace), a header whose first field is ``user`` (or ``userId``, ``user_id``)
     is skipped, and further fields are ignored, so a MovieLens split file such as
-    ``u1.test`` is accepted as it is.
+    ``u1.test`` is accepted as it is; fields may be quoted (:func:`split_fields`).
 
     Returns
     -------
@@ -546,11 +570,10 @@ def read_pairs(path: PathLike, *, encoding: str = "utf-8-sig") -> tuple[list[str
     lines, numbers = _content_lines(_read_text(Path(path), encoding))
     if not lines:
         raise DataFormatError(f"{source}: no pairs (the file is empty or blank)")
-    first = lines[0]
-    sep = next((s for s in ("\t", "::", ",") if s in first), None)
+    sep = guess_separator(lines[0])
     users, movies = [], []
     for text, number in zip(lines, numbers):
-        fields = [f.strip() for f in (text.split(sep) if sep else text.split())]
+        fields = split_fields(text, sep)
         if number == numbers[0] and fields[0].lower() in _USER_HEADERS:
             continue
         if len(fields) < 2 or not fields[0] or not fields[1]:
