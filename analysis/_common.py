@@ -138,7 +138,7 @@ def quiet_logs() -> None:
 
 
 def active_dimensions(fitted, at_least: int = 1) -> np.ndarray:
-    """Latent dimensions active for both movies and users (KL above 0.01 nats).
+    """Latent dimensions active for both movies and users (mean KL above 0.05 nats).
 
     Topped up with the dimensions of largest movie KL to ``at_least`` when fewer are
     active (a projection needs two).

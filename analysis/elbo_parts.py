@@ -5,7 +5,8 @@ Question
     How do the two parts move during training, and what changes when the KL is
     switched on gradually (warm-up), at once, or kept near zero? The KL is what keeps a
     latent dimension at its prior unless the data pay for it: we also count the
-    *active* dimensions (mean KL above 0.01 nats for movies and users) each epoch.
+    *active* dimensions (mean KL above 0.05 nats for movies and users,
+    ``deepfactor.diagnostics.ACTIVE_KL_NATS``) each epoch.
 Data and split
     MovieLens 100K u1.base (the fit part after the validation carve), scored on u1.test
     (``--split``); ``--quick``: the built-in synthetic data, seconds.

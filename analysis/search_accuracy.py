@@ -15,8 +15,8 @@ Model
 Measured
     Validation RMSE and lpd at the kept epoch (the early-stopping choice; with patience
     0, the last), the number of active latent dimensions (mean KL(q || prior) above
-    0.01 nats for movies and users), fit seconds. For ``--report`` rows also u1.test
-    RMSE, MAE and lpd, once.
+    0.05 nats, ``deepfactor.diagnostics.ACTIVE_KL_NATS``, for movies and users), fit
+    seconds. For ``--report`` rows also u1.test RMSE, MAE and lpd, once.
 Simplified
     One seed per row; seed-to-seed sd of u1 RMSE is about 0.005, so differences below
     about 0.01 are not evidence. Rows are independent one-factor changes from the

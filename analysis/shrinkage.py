@@ -22,7 +22,7 @@ Simplified
     One fit and one seed. The guide is amortized, so an encoder's sd is a learned
     function of the entity's ratings: it need not shrink as the exact posterior would,
     and that is what the figure checks. Active dimensions are those whose mean KL
-    exceeds 0.01 nats for both movies and users (:func:`deepfactor.check_report.latent_collapse`).
+    exceeds 0.05 nats for both movies and users (:func:`deepfactor.check_report.latent_collapse`).
 References
     Gelman et al., Bayesian Data Analysis (3rd ed.), ch. 5 (hierarchical shrinkage);
     Salakhutdinov & Mnih (2008), Bayesian probabilistic matrix factorization.

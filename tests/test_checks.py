@@ -276,6 +276,9 @@ def test_kl_per_dimension_is_the_closed_form_over_rated_entities():
 def test_collapse_warns_when_most_dimensions_are_the_prior():
     loc, scale = torch.zeros(5, 6), torch.ones(5, 6)
     loc[:, :2] = 1.0  # two active dimensions of six
+    # A third whose posterior means wander 0.15 prior sds around 0 (KL 0.011 nats):
+    # what encoders leave in a dimension the decoder ignores; not counted as active.
+    loc[:, 2] = 0.15 * torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0])
     posterior = Posterior(loc, scale, loc.clone(), scale.clone())
     counts = np.ones(5, int)
     with pytest.warns(check_report.PosteriorCollapseWarning, match="only 2 of 6"):
