@@ -111,6 +111,14 @@ def test_an_unknown_split_names_the_option_not_the_checkpoint(run_dir):
     assert result.stderr.startswith("deepfactor: error: --split 'u9': 'data.split' must be")
 
 
+def test_recommend_shortlist_takes_a_count_auto_or_all(run_dir):
+    every = run("recommend", str(run_dir), "--user", "3", "-k", "2", "--shortlist", "all")
+    assert every.returncode == 0, every.stderr
+    bad = run("recommend", str(run_dir), "--user", "3", "--shortlist", "most")
+    assert bad.returncode == 2
+    assert "--shortlist: expected a count, 'auto' or 'all', got 'most'" in bad.stderr
+
+
 def test_quoted_pairs_are_read(run_dir, tmp_path):
     pairs = tmp_path / "pairs.csv"
     pairs.write_text('"user","movie"\n"3","7"\n')

@@ -86,7 +86,7 @@ def test_unknown_ids_are_named(fitted):
 @pytest.mark.parametrize("options, message", [
     ({"strategy": "best"}, "strategy must be one of"), ({"k": 0}, "k must be at least 1"),
     ({"strategy": "upper", "quantile": 1.0}, "quantile must be in"),
-    ({"k": 5, "shortlist": 4}, "shortlist"),
+    ({"k": 5, "shortlist": 4}, "shortlist"), ({"shortlist": "some"}, "shortlist must be"),
 ])
 def test_bad_options(fitted, options, message):
     with pytest.raises(ValueError, match=message):
@@ -106,7 +106,7 @@ def test_a_shortlist_scores_only_the_best_plug_in_predictions(fitted):
     from deepfactor.recommend import _plug_in
 
     user = _busy_user(fitted)
-    exact = recommend(fitted, user, k=5, seed=4)
+    exact = recommend(fitted, user, k=5, seed=4, shortlist=None)
     assert recommend(fitted, user, k=5, seed=4, shortlist=len(fitted.movie_ids)).equals(exact)
     rated = fitted.movie_ids.raw_of(np.flatnonzero(fitted.encoder_ratings.movie_counts()))
     pool = [m for m in rated if m not in _seen(fitted, user)]
@@ -116,6 +116,20 @@ def test_a_shortlist_scores_only_the_best_plug_in_predictions(fitted):
                        fitted.posterior.z_movie_loc[index]).numpy()
     best = {pool[i] for i in np.argsort(-plug_in, kind="stable")[:6]}
     assert set(recommend(fitted, user, k=5, shortlist=6)["movie"]) <= best
+
+
+def test_the_default_shortlist_is_5_k_for_the_mean_and_off_for_the_others(fitted):
+    counts = fitted.encoder_ratings.user_counts()
+    user = fitted.user_ids.raw[int(np.argmin(np.where(counts > 0, counts, counts.max())))]
+    assert len(fitted.movie_ids) - len(_seen(fitted, user)) > 10  # so 10 is a cut
+    default = recommend(fitted, user, k=2, seed=4)
+    assert default.equals(recommend(fitted, user, k=2, seed=4, shortlist=10))
+    # the candidates' draws depend on how many are scored: another pool, other means
+    assert not np.array_equal(default["mean"],
+                              recommend(fitted, user, k=2, seed=4, shortlist=None)["mean"])
+    for strategy in ("upper", "thompson"):
+        assert recommend(fitted, user, k=2, seed=4, strategy=strategy).equals(
+            recommend(fitted, user, k=2, seed=4, strategy=strategy, shortlist=None))
 
 
 # -- the three strategies on a case with a known answer --------------------------------------

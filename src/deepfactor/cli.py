@@ -94,8 +94,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="also rank the movies the user has rated")
     rc.add_argument("--strict", action="store_true",
                     help="unknown movie ids in --ratings are an error (default: a warning)")
-    rc.add_argument("--shortlist", type=int,
-                    help="score only this many movies, chosen by plug-in prediction (faster)")
+    rc.add_argument("--shortlist", type=_shortlist, default="auto",
+                    help="score only this many movies, chosen by plug-in prediction; "
+                         "'all' scores every movie (default 'auto': 5 k for --strategy "
+                         "mean, all for the others)")
     rc.add_argument("--samples", type=int, help="posterior draws (default: eval.num_samples)")
     rc.add_argument("--seed", type=int, help="seed of the draws (default: the run's)")
     rc.add_argument("--data", help="folder with the dataset's files, for titles")
@@ -401,6 +403,17 @@ def _check(args) -> int:
 # -- recommend --------------------------------------------------------------------------
 
 
+def _shortlist(text: str) -> int | str | None:
+    """``--shortlist``: a count, ``auto`` or ``all`` (None: score every movie)."""
+    if text in ("auto", "all"):
+        return None if text == "all" else text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a count, 'auto' or 'all', got {text!r}") from None
+
+
 def _recommend(args) -> int:
     import warnings
 
@@ -409,7 +422,8 @@ def _recommend(args) -> int:
     from .foldin import FoldInWarning, fold_in, read_fold_in_ratings
     from .recommend import movie_titles, recommend
 
-    if args.k < 1 or not 0 < args.quantile < 1 or (args.shortlist or args.k) < args.k:
+    if args.k < 1 or not 0 < args.quantile < 1 or (
+            isinstance(args.shortlist, int) and args.shortlist < args.k):
         raise UsageError("-k must be at least 1, --quantile in (0, 1) and --shortlist at "
                          "least k")
     fitted = load(args.run)
