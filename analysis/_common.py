@@ -30,7 +30,7 @@ from deepfactor.config import load_config  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 LIKELIHOODS = ("normal", "poisson", "bernoulli")
 CONFIG_OF = {"normal": "gaussian", "poisson": "poisson", "bernoulli": "bernoulli",
-             "ordinal": "ordinal"}
+             "ordinal": "ordinal", "implicit": "implicit"}
 
 #: A synthetic problem fitted in about a second: 100 movies x 80 users, so that the
 #: 2017 block (movies 4-20 x users 6-16) exists.

@@ -98,8 +98,8 @@ def ranking_metrics(recommended: Mapping[object, Sequence[object]],
 
 
 def evaluate_ranking(fitted: FittedModel, test: Ratings, *, k: int = 10,
-                     threshold: float | None = 4.0, num_samples: int | None = None,
-                     seed: int | None = None) -> dict:
+                     threshold: float | None = 4.0, seen: Ratings | None = None,
+                     num_samples: int | None = None, seed: int | None = None) -> dict:
     """Ranking metrics of ``fitted``'s top-``k`` lists on held-out ``test`` ratings.
 
     Each test user with at least one training rating (the encoders' input) gets the
@@ -115,6 +115,10 @@ def evaluate_ranking(fitted: FittedModel, test: Ratings, *, k: int = 10,
     threshold : float or None
         A test rating ``>= threshold`` is relevant; None makes every test item relevant
         (the Microsoft Recommenders benchmark).
+    seen : Ratings, optional
+        The training pairs left out of each user's list (default: the ratings the
+        encoders read). For an implicit model (:mod:`deepfactor.implicit`), whose
+        encoders read every cell, pass the training ratings themselves.
     num_samples, seed : int, optional
         Posterior draws for the means, and their seed.
 
@@ -129,7 +133,8 @@ def evaluate_ranking(fitted: FittedModel, test: Ratings, *, k: int = 10,
     test = fitted.reindex(test)
     is_relevant = (np.ones(len(test), dtype=bool) if threshold is None
                    else test.rating >= threshold)
-    warm = fitted.encoder_ratings.user_counts() > 0
+    seen = None if seen is None else fitted.reindex(seen)
+    warm = (fitted.encoder_ratings if seen is None else seen).user_counts() > 0
     users = np.unique(test.user)
     cold = users[~warm[users]]
     users = users[warm[users]]
@@ -138,7 +143,8 @@ def evaluate_ranking(fitted: FittedModel, test: Ratings, *, k: int = 10,
         relevant.setdefault(int(user), set()).add(int(movie))
     users = np.asarray([u for u in users if int(u) in relevant], dtype=np.int64)
 
-    top = top_k_movies(fitted, users, k, num_samples=num_samples, seed=seed)  # (n, k)
+    top = top_k_movies(fitted, users, k, seen=seen, num_samples=num_samples,
+                       seed=seed)  # (n, k)
     recommended = {int(u): [int(m) for m in row if m >= 0] for u, row in zip(users, top)}
     out = ranking_metrics(recommended, {u: relevant[u] for u in recommended}, k)
     out.update(threshold=threshold, num_cold_users=int(len(cold)))

@@ -40,7 +40,7 @@ from .foldin import FoldIn
 from .predict import DEFAULT_CHUNK, chunks, draw_eta
 
 if TYPE_CHECKING:
-    from .data.ratings import IdIndex
+    from .data.ratings import IdIndex, Ratings
     from .fitted import FittedModel
 
 __all__ = ["SHORTLIST_PER_K", "STRATEGIES", "Completion", "complete", "iter_complete", "movie_titles",
@@ -388,8 +388,9 @@ def complete(fitted: FittedModel, users: Sequence[object] | None = None,
 
 
 def top_k_movies(fitted: FittedModel, users: np.ndarray, k: int = 10, *,
-                 exclude_seen: bool = True, num_samples: int | None = None,
-                 seed: int | None = None, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+                 exclude_seen: bool = True, seen: Ratings | None = None,
+                 num_samples: int | None = None, seed: int | None = None,
+                 chunk: int = DEFAULT_CHUNK) -> np.ndarray:
     """Top-``k`` movies by posterior predictive mean for many users at once.
 
     Candidates are the movies with at least one rating the encoders read, as in
@@ -399,13 +400,18 @@ def top_k_movies(fitted: FittedModel, users: np.ndarray, k: int = 10, *,
     ----------
     users : ndarray of int, shape (num_users,)
         User indices of the fitted model.
+    seen : Ratings, optional
+        The (movie, user) pairs ``exclude_seen`` leaves out, on the fitted model's id
+        maps. Default: the ratings the encoders read. An implicit model reads every
+        cell, zeros included (:mod:`deepfactor.implicit`); pass its positive cells.
 
     Returns
     -------
     ndarray of int64, shape (num_users, k)
         Movie indices, best first; ``-1`` pads a row with fewer than ``k`` candidates.
     """
-    by_movie, by_user = fitted.inputs.by_movie, fitted.inputs.by_user
+    by_movie = fitted.inputs.by_movie
+    by_user = fitted.inputs.by_user if seen is None else seen.by_user()
     pool = np.flatnonzero(by_movie.counts > 0)  # (num_candidates,)
     column_of = np.full(by_movie.num_rows, -1, dtype=np.int64)
     column_of[pool] = np.arange(len(pool))
