@@ -107,6 +107,14 @@ def test_an_implicit_fit_lists_unrated_movies_only_and_scores_the_benchmark_way(
         assert not set(row) & set(train.movie[train.user == j])
         assert (row >= 0).sum() == min(5, len(np.unique(train.movie))
                                        - len(train.movie[train.user == j]))
+    # one user's list, as the README says: leave out the rated movies by name
+    from deepfactor.recommend import recommend
+
+    j = users[0]
+    rated = list(train.movie_ids.raw_of(train.movie[train.user == j]))
+    top = recommend(fitted, train.user_ids.raw_of([j])[0], k=3, exclude_seen=False,
+                    exclude=rated)
+    assert len(top) == 3 and not set(top["movie"]) & set(rated)
     scores = evaluate_ranking(fitted, test, threshold=None, seen=train)
     assert scores["num_users"] == len(np.intersect1d(np.unique(test.user), users))
     assert 0.0 <= scores["ndcg_at_k"] <= 1.0
