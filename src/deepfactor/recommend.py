@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from .data.ratings import IdIndex, Ratings
     from .fitted import FittedModel
 
-__all__ = ["SHORTLIST_PER_K", "STRATEGIES", "Completion", "complete", "iter_complete", "movie_titles",
-           "recommend", "top_k_movies"]
+__all__ = ["SHORTLIST_PER_K", "STRATEGIES", "Completion", "complete", "iter_complete",
+           "movie_titles", "recommend", "top_k_movies"]
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,8 @@ Strategy = Literal["mean", "upper", "thompson"]
 #: recommended movie. Measured (``analysis/benchmark_foldin.py``, u1, 50 new users, k =
 #: 10): a shortlist of 50 keeps 9.4 of the top 10 that scoring every movie gives, while
 #: scoring every movie again with another seed's draws keeps 9.1, so what it misses is
-#: within the Monte Carlo noise of the full ranking; fold-in plus top-10 then takes 7 ms
-#: instead of 212 ms.
+#: within the Monte Carlo noise of the full ranking; fold-in plus top-10 then takes
+#: about 7 ms instead of over 200 ms (README, "Recommend and fold in").
 SHORTLIST_PER_K = 5
 
 
