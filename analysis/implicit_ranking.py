@@ -125,7 +125,7 @@ def main() -> None:
     config = _common.config_for("implicit", args)
 
     train, test = train_and_test(args)
-    part = "test"
+    part = "test part"
     if args.validate:
         train, test = stratified_split(train, 0.8, 7)
         part = "validation part (20% of the training part)"
@@ -135,7 +135,7 @@ def main() -> None:
         # the held-out positives are training zeros: the benchmark's setting (docstring)
         warnings.simplefilter("ignore", HeldOutOverlapWarning)
         fitted, fit_seconds = _common.fit_quietly(
-            config, data=SplitData(cells, scored, "stratified"))
+            config, data=SplitData(cells, scored, args.protocol))
 
     rows, seconds = [], {}
     for threshold in (None, 4.0):

@@ -165,6 +165,7 @@ def test_unknown_movies_in_predict_are_named(fitted):
     "242 5\n302   3.5\n",
     "movieId::rating\n242::5\n302::3.5\n",
     '"movie","rating"\n"242","5"\n"302",3.5\n',  # as a spreadsheet quotes them
+    '242, "5"\n302, 3.5\n',  # a space after the comma
 ])
 def test_ratings_file_formats(tmp_path, text):
     path = tmp_path / "mine.tsv"

@@ -81,12 +81,17 @@ def test_held_out_cells_are_the_test_pairs_and_as_many_empty_cells():
     assert len(np.unique(zeros)) == n
     assert not set(zeros) & (set(_codes(train)) | set(_codes(test)))
     assert set(cells.movie[n:]) <= set(train.movie) and set(cells.user[n:]) <= set(train.user)
+    elsewhere = Ratings.from_raw(test.movie_ids.raw_of(test.movie),
+                                 test.user_ids.raw_of(test.user), test.rating,
+                                 user_ids=IdIndex(list(reversed(test.user_ids.raw))))
+    with pytest.raises(ValueError, match="not on the same id maps"):
+        held_out_cells(train, elsewhere)
 
 
 def test_an_implicit_fit_lists_unrated_movies_only_and_scores_the_benchmark_way():
     from deepfactor.fitting import HeldOutOverlapWarning, SplitData, fit
     from deepfactor.ranking import evaluate_ranking
-    from deepfactor.recommend import top_k_movies
+    from deepfactor.recommend import recommend, top_k_movies
 
     from conftest import small_config
 
@@ -107,9 +112,15 @@ def test_an_implicit_fit_lists_unrated_movies_only_and_scores_the_benchmark_way(
         assert not set(row) & set(train.movie[train.user == j])
         assert (row >= 0).sum() == min(5, len(np.unique(train.movie))
                                        - len(train.movie[train.user == j]))
+    # seen on other id maps is re-indexed, not read as if it were on the model's
+    shuffled = Ratings.from_raw(train.movie_ids.raw_of(train.movie),
+                                train.user_ids.raw_of(train.user), train.rating,
+                                user_ids=IdIndex(list(reversed(train.user_ids.raw))))
+    assert np.array_equal(top_k_movies(fitted, users, 5, seen=shuffled), lists)
+    # the default list of an implicit fit is empty, with a warning that says why
+    with pytest.warns(UserWarning, match="implicit fit reads every cell"):
+        assert recommend(fitted, train.user_ids.raw_of(users[:1])[0], k=3).empty
     # one user's list, as the README says: leave out the rated movies by name
-    from deepfactor.recommend import recommend
-
     j = users[0]
     rated = list(train.movie_ids.raw_of(train.movie[train.user == j]))
     top = recommend(fitted, train.user_ids.raw_of([j])[0], k=3, exclude_seen=False,

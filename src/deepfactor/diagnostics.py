@@ -39,7 +39,7 @@ COVERAGE_LEVELS = (0.5, 0.8, 0.9, 0.95)
 #: A latent dimension with a mean KL(q || prior) below this (nats) is counted collapsed.
 #: KL 0.05 is a posterior mean that moves about 0.3 prior sds across entities (at unit
 #: scale, KL = mu^2 / 2). It was 0.01 until the sketched encoder inputs: their encoders
-#: leave a dimension the decoder ignores at 0.009-0.015 nats, against 0.25 nats and more
+#: leave a dimension the decoder ignores at 0.003-0.015 nats, against 0.25 nats and more
 #: for the dimensions in use (Normal model, u1), so 0.01 counted 18 of 20 as active.
 ACTIVE_KL_NATS = 0.05
 #: Users with fewer ratings in the checked set are left out of per-user statistics.

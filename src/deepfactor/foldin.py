@@ -224,7 +224,8 @@ def fold_in(fitted: FittedModel, ratings: Mapping[object, float], *, kind: Kind 
     other = _OTHER[kind]
     others = fitted.movie_ids if kind == "user" else fitted.user_ids
     ids, values = _checked(ratings, other)
-    if isinstance(ratings, RatingsFile):  # errors name file:line
+    if isinstance(ratings, RatingsFile) and all(i in ratings.lines for i in ids):
+        # errors name file:line (unless entries were added after reading)
         source, lines = ratings.source, np.array([ratings.lines[i] for i in ids])
     else:
         source, lines = f"fold-in of {kind} {name!r}", None

@@ -80,10 +80,11 @@ def implicit_cells(ratings: Ratings, *, negatives: float | None = None,
     movie_parts, user_parts, value_parts = [], [], []
     for j in users:
         rated = by_user.indices[by_user.indptr[j]:by_user.indptr[j + 1]]
-        unrated = movies[~np.isin(movies, rated)]  # sorted
-        if negatives is not None:
-            count = min(len(unrated), int(round(negatives * len(rated))))
-            unrated = np.sort(rng.choice(unrated, count, replace=False))
+        if negatives is None:
+            unrated = movies[~np.isin(movies, rated)]  # sorted
+        else:
+            count = min(len(movies) - len(rated), int(round(negatives * len(rated))))
+            unrated = _draw_unrated(movies, rated, count, rng)
         movie_parts += [rated, unrated]
         value_parts += [np.ones(len(rated)), np.zeros(len(unrated))]
         user_parts.append(np.full(len(rated) + len(unrated), j, dtype=np.int64))
@@ -93,6 +94,25 @@ def implicit_cells(ratings: Ratings, *, negatives: float | None = None,
                    np.concatenate(value_parts or [np.zeros(0)]),
                    ratings.movie_ids, ratings.user_ids,
                    source=f"implicit cells of {ratings.source}")
+
+
+def _draw_unrated(movies: np.ndarray, rated: np.ndarray, count: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    """``count`` distinct movies of ``movies`` not in ``rated`` (sorted), uniformly.
+
+    By rejection while most movies are unrated, so that a user costs about ``count``
+    draws and not one test per movie of the catalogue.
+    """
+    free = len(movies) - len(rated)
+    if 2 * count > free:  # a dense draw is as cheap
+        return np.sort(rng.choice(movies[~np.isin(movies, rated)], count, replace=False))
+    chosen = np.zeros(0, dtype=np.int64)
+    while len(chosen) < count:
+        draw = rng.choice(movies, 2 * (count - len(chosen)) + 8)
+        draw = draw[~np.isin(draw, rated)]
+        chosen = np.concatenate([chosen, draw])
+        chosen = chosen[np.sort(np.unique(chosen, return_index=True)[1])][:count]
+    return np.sort(chosen)
 
 
 def held_out_cells(train: Ratings, test: Ratings, *, seed: int = 0) -> Ratings:
@@ -114,7 +134,15 @@ def held_out_cells(train: Ratings, test: Ratings, *, seed: int = 0) -> Ratings:
     Ratings
         ``2 n`` cells (fewer zeros only if the grid has fewer empty cells), test pairs
         first, on ``train``'s id maps.
+
+    Raises
+    ------
+    ValueError
+        When ``train`` and ``test`` are not on the same id maps.
     """
+    if test.movie_ids != train.movie_ids or test.user_ids != train.user_ids:
+        raise ValueError(f"{test.source} and {train.source} are not on the same id maps; "
+                         "split one Ratings (or use with_ids) so that they share them")
     movies = np.flatnonzero(train.movie_counts() > 0)
     users = np.flatnonzero(train.user_counts() > 0)
     width = train.num_movies

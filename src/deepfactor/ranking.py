@@ -102,9 +102,10 @@ def evaluate_ranking(fitted: FittedModel, test: Ratings, *, k: int = 10,
                      num_samples: int | None = None, seed: int | None = None) -> dict:
     """Ranking metrics of ``fitted``'s top-``k`` lists on held-out ``test`` ratings.
 
-    Each test user with at least one training rating (the encoders' input) gets the
-    top-``k`` movies by posterior predictive mean among the movies with training
-    ratings, less its own training movies (:func:`~deepfactor.recommend.top_k_movies`).
+    Each test user with at least one training rating (the encoders' input, or a pair
+    of ``seen`` when given) gets the top-``k`` movies by posterior predictive mean among
+    the movies with training ratings, less its own training movies (or its ``seen``
+    pairs; :func:`~deepfactor.recommend.top_k_movies`).
 
     Parameters
     ----------

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -203,10 +204,17 @@ def recommend(fitted: FittedModel, user: object | FoldIn, k: int = 10, *,
         pool = pool[_top(plug_in.numpy().astype(np.float64), shortlist)]
 
     config = fitted.config
-    scored = _score(fitted.model, one_loc, one_scale, one_is_user, other_loc[pool],
-                    other_scale[pool], strategy, quantile,
-                    num_samples or config["eval.num_samples"],
-                    config["train.seed"] if seed is None else seed)
+    if len(pool) == 0:  # everything seen or excluded: an empty list, said once
+        hint = " (an implicit fit reads every cell: see exclude_seen)" if exclude_seen else ""
+        warnings.warn(f"no {other} left to recommend: every candidate is seen or "
+                      f"excluded{hint}", UserWarning, stacklevel=2)
+        nothing = torch.zeros(0)
+        scored = _Scored(nothing, nothing, nothing)
+    else:
+        scored = _score(fitted.model, one_loc, one_scale, one_is_user, other_loc[pool],
+                        other_scale[pool], strategy, quantile,
+                        num_samples or config["eval.num_samples"],
+                        config["train.seed"] if seed is None else seed)
     score = scored.score.numpy().astype(np.float64)
     best = _top(score, k)
     ids = others.raw_of(pool[best])
@@ -411,7 +419,7 @@ def top_k_movies(fitted: FittedModel, users: np.ndarray, k: int = 10, *,
         Movie indices, best first; ``-1`` pads a row with fewer than ``k`` candidates.
     """
     by_movie = fitted.inputs.by_movie
-    by_user = fitted.inputs.by_user if seen is None else seen.by_user()
+    by_user = fitted.inputs.by_user if seen is None else fitted.reindex(seen).by_user()
     pool = np.flatnonzero(by_movie.counts > 0)  # (num_candidates,)
     column_of = np.full(by_movie.num_rows, -1, dtype=np.int64)
     column_of[pool] = np.arange(len(pool))

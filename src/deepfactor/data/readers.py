@@ -542,7 +542,7 @@ def split_fields(line: str, sep: str | None) -> list[str]:
     blank line gives ``[""]``.
     """
     if sep in ("\t", ","):
-        fields = next(csv.reader([line], delimiter=sep), [])
+        fields = next(csv.reader([line], delimiter=sep, skipinitialspace=True), [])
     else:
         fields = line.split(sep) if sep else line.split()
     return [f.strip() for f in fields] or [""]
