@@ -317,16 +317,16 @@ def _summary(metrics: dict, label: str) -> str:
 
 def _evaluate(args) -> int:
     from .checkpoint import write_json
+    from .config import check_value
     from .fitted import load
     from .fitting import evaluate, load_data
 
     fitted = load(args.run)
     fitted_split = fitted.config["data.split"]
     split = args.split or fitted_split
-    try:
-        config = fitted.config.replace(**{"data.split": split})
-    except ValueError as err:  # names the run's model.pt as the source; the value is ours
-        raise UsageError(f"--split {split!r}: {str(err).split(': ', 1)[-1]}") from None
+    if args.split:  # checked here, so that the error names the option, not model.pt
+        check_value("data.split", split, f"--split {split!r}")
+    config = fitted.config.replace(**{"data.split": split})
     data = load_data(config, args.data)
     if split != fitted_split:
         # Re-encode from this split's own training file: the encoders read it, and

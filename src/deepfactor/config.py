@@ -20,7 +20,7 @@ from typing import Any
 
 import tomli_w
 
-__all__ = ["Config", "ConfigError", "KEYS", "load_config"]
+__all__ = ["Config", "ConfigError", "KEYS", "check_value", "load_config"]
 
 
 class ConfigError(ValueError):
@@ -282,6 +282,17 @@ def _parse_override(item: str) -> tuple[str, Any]:
     except tomllib.TOMLDecodeError:
         value = text  # a bare word such as u2 or poisson
     return name, value
+
+
+def check_value(name: str, value: Any, source: str) -> Any:
+    """``value`` as key ``name`` holds it (an int for a float key becomes a float).
+
+    Raises
+    ------
+    ConfigError
+        Naming ``source`` (the file, or the option that gave the value) and the key.
+    """
+    return _validate(name, value, source)
 
 
 def _validate(name: str, value: Any, source: str) -> Any:

@@ -38,7 +38,7 @@ import torch
 
 from .batching import EncoderInputs
 from .data.ratings import IdIndex, Ratings
-from .data.readers import DataFormatError, guess_separator, split_fields
+from .data.readers import DataFormatError, guess_separator, split_line
 from .predict import Posterior, predictive_summaries
 
 if TYPE_CHECKING:
@@ -365,7 +365,7 @@ def read_fold_in_ratings(path: str | os.PathLike, *,
 
     out = RatingsFile(source)
     for number, line in lines:
-        fields = split_fields(line, sep)
+        fields = split_line(line, sep)
         if number == lines[0][0] and fields[0].lower() in _HEADERS:
             continue
         if len(fields) < 2 or not fields[0]:

@@ -39,7 +39,7 @@ __all__ = [
     "read_movie_titles",
     "read_pairs",
     "read_ratings_file",
-    "split_fields",
+    "split_line",
 ]
 
 logger = logging.getLogger(__name__)
@@ -535,7 +535,7 @@ def guess_separator(first_line: str) -> str | None:
     return next((s for s in ("\t", "::", ",") if s in first_line), None)
 
 
-def split_fields(line: str, sep: str | None) -> list[str]:
+def split_line(line: str, sep: str | None) -> list[str]:
     """The stripped fields of ``line``; tab- and comma-separated ones may be quoted.
 
     ``csv`` undoes the quoting a spreadsheet writes (``"242","5"``). Never empty: a
@@ -554,7 +554,7 @@ def read_pairs(path: PathLike, *, encoding: str = "utf-8-sig") -> tuple[list[str
     The separator is taken from the first line (tab, ``::``, comma, else any
     whitespace), a header whose first field is ``user`` (or ``userId``, ``user_id``)
     is skipped, and further fields are ignored, so a MovieLens split file such as
-    ``u1.test`` is accepted as it is; fields may be quoted (:func:`split_fields`).
+    ``u1.test`` is accepted as it is; fields may be quoted (:func:`split_line`).
 
     Returns
     -------
@@ -573,7 +573,7 @@ def read_pairs(path: PathLike, *, encoding: str = "utf-8-sig") -> tuple[list[str
     sep = guess_separator(lines[0])
     users, movies = [], []
     for text, number in zip(lines, numbers):
-        fields = split_fields(text, sep)
+        fields = split_line(text, sep)
         if number == numbers[0] and fields[0].lower() in _USER_HEADERS:
             continue
         if len(fields) < 2 or not fields[0] or not fields[1]:
