@@ -103,16 +103,23 @@ def _draw_unrated(movies: np.ndarray, rated: np.ndarray, count: int,
     By rejection while most movies are unrated, so that a user costs about ``count``
     draws and not one test per movie of the catalogue.
     """
-    free = len(movies) - len(rated)
-    if 2 * count > free:  # a dense draw is as cheap
+    if 2 * count > len(movies) - len(rated):  # a dense draw is as cheap
         return np.sort(rng.choice(movies[~np.isin(movies, rated)], count, replace=False))
+    return np.sort(_draw_distinct(lambda n: rng.choice(movies, n), rated, count))
+
+
+def _draw_distinct(draw, taken: np.ndarray, count: int) -> np.ndarray:
+    """``count`` distinct values of ``draw(n)`` (n uniform draws) not in ``taken``.
+
+    Rejection sampling, in the order drawn: uniform over the values left when most of
+    them are left (the callers ensure that, or take a dense path).
+    """
     chosen = np.zeros(0, dtype=np.int64)
     while len(chosen) < count:
-        draw = rng.choice(movies, 2 * (count - len(chosen)) + 8)
-        draw = draw[~np.isin(draw, rated)]
-        chosen = np.concatenate([chosen, draw])
+        new = draw(2 * count)
+        chosen = np.concatenate([chosen, new[~np.isin(new, taken)]])
         chosen = chosen[np.sort(np.unique(chosen, return_index=True)[1])][:count]
-    return np.sort(chosen)
+    return chosen
 
 
 def held_out_cells(train: Ratings, test: Ratings, *, seed: int = 0) -> Ratings:
@@ -152,12 +159,10 @@ def held_out_cells(train: Ratings, test: Ratings, *, seed: int = 0) -> Ratings:
         np.isin(taken // width, users) & np.isin(taken % width, movies))
     wanted = min(len(test), int(free_count))
     rng = np.random.default_rng(seed)
-    chosen = np.zeros(0, dtype=np.int64)
-    while len(chosen) < wanted:  # rejection: most of a sparse grid is free
-        draw = (rng.choice(users, 2 * wanted) * width + rng.choice(movies, 2 * wanted))
-        draw = draw[~np.isin(draw, taken)]
-        chosen = np.concatenate([chosen, draw[~np.isin(draw, chosen)]])
-        chosen = chosen[np.sort(np.unique(chosen, return_index=True)[1])][:wanted]
+    # rejection is fast while most of the grid is free, as in rating data (a nearly
+    # full grid would make it slow)
+    chosen = _draw_distinct(lambda n: rng.choice(users, n) * width + rng.choice(movies, n),
+                            taken, wanted)
     return Ratings(np.concatenate([test.movie, chosen % width]).astype(np.int64),
                    np.concatenate([test.user, chosen // width]).astype(np.int64),
                    np.concatenate([np.ones(len(test)), np.zeros(len(chosen))]),
