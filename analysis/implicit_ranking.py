@@ -108,7 +108,7 @@ def popularity(train, test, k: int, threshold) -> dict:
 def main() -> None:
     from deepfactor.fitting import HeldOutOverlapWarning, SplitData
     from deepfactor.implicit import held_out_cells, implicit_cells
-    from deepfactor.ranking import RANKING_KEYS, evaluate_ranking, stratified_split
+    from deepfactor.ranking import RANKING_KEYS, evaluate_rankings, stratified_split
 
     p = _common.parser(__doc__, "runs/implicit_ranking")
     p.add_argument("--protocol", choices=("stratified", "u1"), default="stratified",
@@ -119,6 +119,10 @@ def main() -> None:
                    help="zeros drawn per positive (default: every cell)")
     p.add_argument("--samples", type=int, default=None,
                    help="posterior draws per score (default: eval.num_samples)")
+    p.add_argument("--members", type=int, default=1,
+                   help="fits with seeds seed, seed+1, ...; lists rank by their mixture")
+    p.add_argument("--each", action="store_true",
+                   help="with --members: also rank by each fit alone")
     args = p.parse_args()
     _common.quiet_logs()
     out = _common.out_dir(args)
@@ -129,26 +133,40 @@ def main() -> None:
     if args.validate:
         train, test = stratified_split(train, 0.8, 7)
         part = "validation part (20% of the training part)"
-    cells = implicit_cells(train, negatives=args.negatives, seed=args.seed)
     scored = held_out_cells(train, test, seed=args.seed)
-    with warnings.catch_warnings():
-        # the held-out positives are training zeros: the benchmark's setting (docstring)
-        warnings.simplefilter("ignore", HeldOutOverlapWarning)
-        fitted, fit_seconds = _common.fit_quietly(
-            config, data=SplitData(cells, scored, args.protocol))
+    members, fit_seconds = [], []
+    for seed in range(args.seed, args.seed + args.members):
+        cells = implicit_cells(train, negatives=args.negatives, seed=seed)
+        with warnings.catch_warnings():
+            # the held-out positives are training zeros: the benchmark's setting (docstring)
+            warnings.simplefilter("ignore", HeldOutOverlapWarning)
+            fitted, seconds = _common.fit_quietly(
+                config.replace(**{"train.seed": seed}),
+                data=SplitData(cells, scored, args.protocol))
+        members.append(fitted)
+        fit_seconds.append(seconds)
 
-    rows, seconds = [], {}
-    for threshold in (None, 4.0):
+    thresholds = (None, 4.0)
+    start = time.perf_counter()
+    ours = evaluate_rankings(members, test, thresholds=thresholds, seen=train,
+                             num_samples=args.samples)
+    ranking_seconds = time.perf_counter() - start
+    name = ("deepfactor implicit" if args.members == 1
+            else f"deepfactor implicit, {args.members} seeds")
+    alone = {}
+    if args.each and args.members > 1:
+        for seed, member in zip(range(args.seed, args.seed + args.members), members):
+            alone[f"deepfactor implicit, seed {seed} alone"] = evaluate_rankings(
+                member, test, thresholds=thresholds, seen=train, num_samples=args.samples)
+    rows = []
+    for number, (threshold, scores) in enumerate(zip(thresholds, ours)):
         relevance = "every test item" if threshold is None else "rating >= 4"
-        start = time.perf_counter()
-        ours = evaluate_ranking(fitted, test, threshold=threshold, seen=train,
-                                num_samples=args.samples)
-        seconds[relevance] = time.perf_counter() - start
         popular = popularity(train, test, 10, threshold)
-        for method, scores in (("deepfactor implicit", ours), ("popularity", popular)):
+        methods = [(name, scores)] + [(key, value[number]) for key, value in alone.items()]
+        for method, values in methods + [("popularity", popular)]:
             rows.append({"relevance": relevance, "model": method,
-                         "users": scores["num_users"],
-                         **{key: scores[key] for key in RANKING_KEYS}})
+                         "users": values["num_users"],
+                         **{key: values[key] for key in RANKING_KEYS}})
         if threshold is None and not (args.validate or args.quick) \
                 and args.protocol == "stratified":
             rows.append({"relevance": relevance, "model": "BiVAE (Recommenders' table)",
@@ -161,18 +179,19 @@ def main() -> None:
                 else "u1.base / u1.test")
     print(f"\n{data}, {protocol}, scored on the {part}; "
           f"{len(cells):,} training cells ({int(cells.rating.sum()):,} positives); "
-          f"fit {fit_seconds:.0f} s, {fitted.metrics['fit']['epochs']} epochs; ranking "
-          f"{sum(seconds.values()):.0f} s; held-out AUC {fitted.metrics['test']['auc']:.4f}")
+          f"{args.members} fit(s) of {members[0].metrics['fit']['epochs']} epochs, "
+          f"{sum(fit_seconds):.0f} s; ranking {ranking_seconds:.0f} s; held-out AUC "
+          + ", ".join(f"{m.metrics['test']['auc']:.4f}" for m in members))
     if not (args.validate or args.quick) and args.protocol == "stratified":
-        ours = table[(table.model == "deepfactor implicit")
+        ours = table[(table.model == name)
                      & (table.relevance == "every test item")].iloc[0]
         print(f"\n{'every test item relevant':<24}{'ours':>8}{'BiVAE':>8}{'ratio':>8}")
         for key, reference in BIVAE.items():
             print(f"{key:<24}{ours[key]:>8.4f}{reference:>8.3f}{ours[key] / reference:>7.3f}x")
     summary = {"args": vars(args), "part": part, "num_cells": len(cells),
-               "fit_seconds": fit_seconds, "ranking_seconds": seconds,
-               "epochs": fitted.metrics["fit"]["epochs"], "test_metrics": fitted.metrics["test"],
-               "rows": rows}
+               "fit_seconds": fit_seconds, "ranking_seconds": ranking_seconds,
+               "epochs": [m.metrics["fit"]["epochs"] for m in members],
+               "test_metrics": [m.metrics["test"] for m in members], "rows": rows}
     write_text(out / "results.json", json.dumps(summary, indent=2, default=float) + "\n")
 
 

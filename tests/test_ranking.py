@@ -146,3 +146,68 @@ def test_evaluate_ranking_is_the_metrics_of_the_top_k_lists(fitted):
 
     everything = evaluate_ranking(fitted, test, k=5, threshold=None, seed=1)
     assert everything["num_users"] == len(np.unique(test.user[warm[test.user]]))
+
+
+def test_several_thresholds_rank_once_and_score_each(fitted, monkeypatch):
+    import deepfactor.recommend as recommend
+    from deepfactor.fitting import load_data
+    from deepfactor.ranking import evaluate_rankings
+
+    test = load_data(fitted.config).test
+    calls = []
+    real = recommend.top_k_movies
+    monkeypatch.setattr(recommend, "top_k_movies",
+                        lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
+    every, liked = evaluate_rankings(fitted, test, k=5, thresholds=(None, 4.0), seed=1)
+    assert len(calls) == 1  # one set of lists for both thresholds
+    assert (every["threshold"], liked["threshold"]) == (None, 4.0)
+    # every test item relevant: the same users, so the very lists of evaluate_ranking
+    alone = evaluate_ranking(fitted, test, k=5, threshold=None, seed=1)
+    assert {key: every[key] for key in alone} == alone
+    # ratings >= 4: the metrics of those lists against the liked items only
+    lists = {int(u): list(row[row >= 0]) for u, row in
+             zip(calls[0], real(fitted, calls[0], 5, seed=1))}
+    relevant: dict = {}
+    for m, u, r in zip(test.movie, test.user, test.rating):
+        if r >= 4.0 and int(u) in lists:
+            relevant.setdefault(int(u), set()).add(int(m))
+    expected = ranking_metrics({u: lists[u] for u in relevant}, relevant, 5)
+    for key in RANKING_KEYS:
+        assert liked[key] == pytest.approx(expected[key])
+    assert liked["num_users"] == len(relevant) < every["num_users"]
+
+
+@pytest.fixture(scope="module")
+def other_seed(fitted):
+    return fit(fitted.config.replace(**{"train.seed": fitted.config["train.seed"] + 1}),
+               progress=False)
+
+
+def test_a_mixture_ranks_by_the_mean_of_its_fits_means(fitted, other_seed):
+    from deepfactor.recommend import complete
+
+    users = np.arange(8)
+    pool = np.flatnonzero(fitted.encoder_ratings.movie_counts() > 0)
+    means = [complete(f, fitted.user_ids.raw_of(users), fitted.movie_ids.raw_of(pool),
+                      seed=5, progress=False).mean.astype(np.float64)
+             for f in (fitted, other_seed)]
+    mixture = (means[0] + means[1]) / 2
+    top = top_k_movies([fitted, other_seed], users, 4, seed=5)
+    for row, j in enumerate(users):
+        seen = set(fitted.encoder_ratings.movie[fitted.encoder_ratings.user == j])
+        ranked = [pool[c] for c in np.argsort(-mixture[row], kind="stable")
+                  if pool[c] not in seen]
+        assert list(top[row]) == ranked[:4]
+    # the two fits disagree somewhere, so the mixture is not either of them
+    singles = [top_k_movies(f, users, 4, seed=5) for f in (fitted, other_seed)]
+    assert not np.array_equal(singles[0], singles[1])
+    assert np.array_equal(top_k_movies([fitted], users, 4, seed=5), singles[0])
+
+
+def test_a_mixture_needs_fits_of_the_same_ids(fitted):
+    config = fitted.config.replace(**{"data.synthetic_movies": 50, "train.epochs": 1})
+    elsewhere = fit(config, progress=False)
+    with pytest.raises(ValueError, match="fit 2 of the mixture has other movie or user ids"):
+        top_k_movies([fitted, elsewhere], np.arange(3), 4)
+    with pytest.raises(ValueError, match="no fitted model"):
+        top_k_movies([], np.arange(3), 4)

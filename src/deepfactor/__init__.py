@@ -29,6 +29,7 @@ _EXPORTS = {
     "FoldIn": "deepfactor.foldin",
     "complete": "deepfactor.recommend",
     "evaluate_ranking": "deepfactor.ranking",
+    "evaluate_rankings": "deepfactor.ranking",
     "ranking_metrics": "deepfactor.ranking",
     "stratified_split": "deepfactor.ranking",
 }

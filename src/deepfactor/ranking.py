@@ -44,7 +44,8 @@ from .data.ratings import Ratings
 if TYPE_CHECKING:
     from .fitted import FittedModel
 
-__all__ = ["RANKING_KEYS", "evaluate_ranking", "ranking_metrics", "stratified_split"]
+__all__ = ["RANKING_KEYS", "evaluate_ranking", "evaluate_rankings", "ranking_metrics",
+           "stratified_split"]
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +98,10 @@ def ranking_metrics(recommended: Mapping[object, Sequence[object]],
     return out
 
 
-def evaluate_ranking(fitted: FittedModel, test: Ratings, *, k: int = 10,
-                     threshold: float | None = 4.0, seen: Ratings | None = None,
-                     num_samples: int | None = None, seed: int | None = None) -> dict:
+def evaluate_ranking(fitted: FittedModel | Sequence[FittedModel], test: Ratings, *,
+                     k: int = 10, threshold: float | None = 4.0,
+                     seen: Ratings | None = None, num_samples: int | None = None,
+                     seed: int | None = None) -> dict:
     """Ranking metrics of ``fitted``'s top-``k`` lists on held-out ``test`` ratings.
 
     Each test user with at least one training rating (the encoders' input, or a pair
@@ -109,7 +111,9 @@ def evaluate_ranking(fitted: FittedModel, test: Ratings, *, k: int = 10,
 
     Parameters
     ----------
-    fitted : FittedModel
+    fitted : FittedModel, or a sequence of them
+        A sequence ranks by the predictive mean of the fits' equal-weight mixture
+        (:func:`~deepfactor.recommend.top_k_movies`).
     test : Ratings
         Raw test ratings (stars, not likelihood targets); ids known to ``fitted``.
     k : int
@@ -129,28 +133,58 @@ def evaluate_ranking(fitted: FittedModel, test: Ratings, *, k: int = 10,
         :func:`ranking_metrics`'s keys plus ``threshold`` and ``num_cold_users`` (test
         users without training ratings, left out as the benchmark leaves them out).
     """
-    from .recommend import top_k_movies
+    return evaluate_rankings(fitted, test, k=k, thresholds=(threshold,), seen=seen,
+                             num_samples=num_samples, seed=seed)[0]
 
-    test = fitted.reindex(test)
-    is_relevant = (np.ones(len(test), dtype=bool) if threshold is None
-                   else test.rating >= threshold)
-    seen = None if seen is None else fitted.reindex(seen)
-    warm = (fitted.encoder_ratings if seen is None else seen).user_counts() > 0
+
+def evaluate_rankings(fitted: FittedModel | Sequence[FittedModel], test: Ratings, *,
+                      k: int = 10, thresholds: Sequence[float | None] = (4.0, None),
+                      seen: Ratings | None = None, num_samples: int | None = None,
+                      seed: int | None = None) -> list[dict]:
+    """:func:`evaluate_ranking` under several relevance thresholds, ranking once.
+
+    The top-``k`` lists do not depend on the threshold, only the relevant items do, so
+    each user's list is computed once (the costly part: every candidate movie is
+    scored from posterior draws) and scored against each threshold's relevant set.
+
+    Returns
+    -------
+    list of dict
+        One :func:`evaluate_ranking` result per threshold, in order.
+    """
+    from .recommend import _members, top_k_movies
+
+    first = _members(fitted)[0]
+    test = first.reindex(test)
+    seen = None if seen is None else first.reindex(seen)
+    warm = (first.encoder_ratings if seen is None else seen).user_counts() > 0
     users = np.unique(test.user)
     cold = users[~warm[users]]
     users = users[warm[users]]
-    relevant: dict[int, set[int]] = {}
-    for movie, user in zip(test.movie[is_relevant], test.user[is_relevant]):
-        relevant.setdefault(int(user), set()).add(int(movie))
-    users = np.asarray([u for u in users if int(u) in relevant], dtype=np.int64)
+    relevant_by_threshold = []
+    for threshold in thresholds:
+        is_relevant = (np.ones(len(test), dtype=bool) if threshold is None
+                       else test.rating >= threshold)
+        relevant: dict[int, set[int]] = {}
+        for movie, user in zip(test.movie[is_relevant], test.user[is_relevant]):
+            relevant.setdefault(int(user), set()).add(int(movie))
+        relevant_by_threshold.append(relevant)
+    # users with a relevant item under some threshold, the only lists that are scored
+    wanted = set().union(*relevant_by_threshold) if relevant_by_threshold else set()
+    users = np.asarray([u for u in users if int(u) in wanted], dtype=np.int64)
 
     top = top_k_movies(fitted, users, k, seen=seen, num_samples=num_samples,
                        seed=seed)  # (n, k)
-    recommended = {int(u): [int(m) for m in row if m >= 0] for u, row in zip(users, top)}
-    out = ranking_metrics(recommended, {u: relevant[u] for u in recommended}, k)
-    out.update(threshold=threshold, num_cold_users=int(len(cold)))
-    log.info("ranking: %d users, nDCG@%d %.4f", out["num_users"], k, out["ndcg_at_k"] or math.nan)
-    return out
+    lists = {int(u): [int(m) for m in row if m >= 0] for u, row in zip(users, top)}
+    results = []
+    for threshold, relevant in zip(thresholds, relevant_by_threshold):
+        recommended = {u: lists[u] for u in lists if u in relevant}
+        out = ranking_metrics(recommended, {u: relevant[u] for u in recommended}, k)
+        out.update(threshold=threshold, num_cold_users=int(len(cold)))
+        log.info("ranking (threshold %s): %d users, nDCG@%d %.4f", threshold,
+                 out["num_users"], k, out["ndcg_at_k"] or math.nan)
+        results.append(out)
+    return results
 
 
 def stratified_split(ratings: Ratings, ratio: float = 0.75,

@@ -395,8 +395,8 @@ def complete(fitted: FittedModel, users: Sequence[object] | None = None,
     return Completion(list(user_raw), list(movie_raw), out[0], out[1])
 
 
-def top_k_movies(fitted: FittedModel, users: np.ndarray, k: int = 10, *,
-                 exclude_seen: bool = True, seen: Ratings | None = None,
+def top_k_movies(fitted: FittedModel | Sequence[FittedModel], users: np.ndarray,
+                 k: int = 10, *, exclude_seen: bool = True, seen: Ratings | None = None,
                  num_samples: int | None = None, seed: int | None = None,
                  chunk: int = DEFAULT_CHUNK) -> np.ndarray:
     """Top-``k`` movies by posterior predictive mean for many users at once.
@@ -406,37 +406,64 @@ def top_k_movies(fitted: FittedModel, users: np.ndarray, k: int = 10, *,
 
     Parameters
     ----------
+    fitted : FittedModel, or a sequence of them
+        Several fits of the same training data (say, with different seeds) rank by the
+        predictive mean of their equal-weight mixture, ``(1/K) sum_k E_k[r_ij]``. The
+        first fit's id maps and encoder inputs decide the candidates; every fit must
+        share its id maps.
     users : ndarray of int, shape (num_users,)
         User indices of the fitted model.
     seen : Ratings, optional
         The (movie, user) pairs ``exclude_seen`` leaves out, on the fitted model's id
         maps. Default: the ratings the encoders read. An implicit model reads every
         cell, zeros included (:mod:`deepfactor.implicit`); pass its positive cells.
+    num_samples, seed : int, optional
+        Posterior draws per fit, and their seed (default: each fit's own
+        ``train.seed``, so the members of a mixture draw independently).
 
     Returns
     -------
     ndarray of int64, shape (num_users, k)
         Movie indices, best first; ``-1`` pads a row with fewer than ``k`` candidates.
     """
-    by_movie = fitted.inputs.by_movie
-    by_user = fitted.inputs.by_user if seen is None else fitted.reindex(seen).by_user()
+    members = _members(fitted)
+    first = members[0]
+    by_movie = first.inputs.by_movie
+    by_user = first.inputs.by_user if seen is None else first.reindex(seen).by_user()
     pool = np.flatnonzero(by_movie.counts > 0)  # (num_candidates,)
     column_of = np.full(by_movie.num_rows, -1, dtype=np.int64)
     column_of[pool] = np.arange(len(pool))
-    raw_users = fitted.user_ids.raw_of(np.asarray(users, dtype=np.int64))
+    raw_users = first.user_ids.raw_of(np.asarray(users, dtype=np.int64))
+    raw_pool = first.movie_ids.raw_of(pool)
+    blocks = zip(*(iter_complete(member, raw_users, raw_pool, num_samples=num_samples,
+                                 seed=seed, chunk=chunk) for member in members))
     out = np.full((len(users), k), -1, dtype=np.int64)
-    for rows, mean, _ in iter_complete(fitted, raw_users, fitted.movie_ids.raw_of(pool),
-                                       num_samples=num_samples, seed=seed, chunk=chunk):
-        score = mean.astype(np.float64)  # (rows, num_candidates), one block only
+    for parts in blocks:
+        rows = parts[0][0]
+        # (rows, num_candidates), one block only: the mixture's predictive mean
+        score = np.mean([mean.astype(np.float64) for _, mean, _ in parts], axis=0)
         for r, j in enumerate(users[rows]):
             if exclude_seen:
-                seen = column_of[by_user.indices[by_user.indptr[j]:by_user.indptr[j + 1]]]
-                score[r, seen[seen >= 0]] = -np.inf
+                rated = column_of[by_user.indices[by_user.indptr[j]:by_user.indptr[j + 1]]]
+                score[r, rated[rated >= 0]] = -np.inf
             allowed = np.isfinite(score[r])
             best = _top(np.where(allowed, score[r], -np.inf), k)
             best = best[allowed[best]]
             out[rows.start + r, :len(best)] = pool[best]
     return out
+
+
+def _members(fitted: FittedModel | Sequence[FittedModel]) -> list[FittedModel]:
+    """The fits of a mixture, checked to share the first one's id maps."""
+    members = list(fitted) if isinstance(fitted, Sequence) else [fitted]
+    if not members:
+        raise ValueError("no fitted model given")
+    first = members[0]
+    for number, member in enumerate(members[1:], start=2):
+        if member.movie_ids != first.movie_ids or member.user_ids != first.user_ids:
+            raise ValueError(f"fit {number} of the mixture has other movie or user ids than "
+                             "fit 1: a mixture needs fits of the same training data")
+    return members
 
 
 # -- titles ----------------------------------------------------------------------------------
