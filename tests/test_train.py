@@ -19,6 +19,41 @@ def test_kl_weight_rises_linearly_then_stays_at_one():
     assert [kl_weight(e, 4, 0.2) for e in range(1, 7)] == pytest.approx(
         [0.2, 0.4, 0.6, 0.8, 1.0, 1.0])
     assert kl_weight(1, 0, 0.2) == 1.0
+    # a tempered bound: the warm-up ends at the final weight and stays there
+    assert [kl_weight(e, 4, 0.2, 0.6) for e in range(1, 7)] == pytest.approx(
+        [0.2, 0.3, 0.4, 0.5, 0.6, 0.6])
+    assert kl_weight(3, 0, 0.2, 0.5) == 0.5
+
+
+def test_a_tempered_fit_keeps_its_weight_and_reports_the_true_elbo(monkeypatch):
+    from deepfactor.batching import RatingBatcher
+
+    weights = []
+    epoch = RatingBatcher.epoch
+    monkeypatch.setattr(RatingBatcher, "epoch",
+                        lambda self, kl_weight=1.0: weights.append(kl_weight)
+                        or epoch(self, kl_weight))
+    config = small_config(**{"train.epochs": 4, "train.kl_warmup_epochs": 2,
+                             "train.kl_warmup_start": 0.1, "train.kl_weight": 0.3,
+                             "train.patience": 0})
+    tempered = fit(config, progress=False)
+    assert [row["kl_weight"] for row in tempered.history] == pytest.approx(
+        [0.1, 0.2, 0.3, 0.3])
+    assert tempered.metrics["fit"]["best_epoch"] > 2  # chosen after the warm-up only
+    # the final ELBO is the model's, at KL weight 1, not the bound that was trained
+    assert weights == [1.0]
+
+    # a weaker pull to the prior: the posteriors end further from it than the ELBO's
+    exact = fit(config.replace(**{"train.kl_weight": 1.0}), progress=False)
+    def mean_kl(fitted):  # KL(q || prior) per rated user, summed over dimensions
+        from deepfactor.diagnostics import kl_per_dimension
+
+        p = fitted.posterior
+        return kl_per_dimension(p.z_user_loc.numpy(), p.z_user_scale.numpy(),
+                                fitted.encoder_ratings.user_counts()).sum()
+
+    assert mean_kl(tempered) > mean_kl(exact)
+
 
 
 def test_a_run_stopped_mid_epoch_and_resumed_ends_like_an_unstopped_one(tmp_path, monkeypatch):

@@ -139,10 +139,14 @@ KEYS: dict[str, Key] = {
                            "geometrically (0 = constant)", _nonneg),
     "train.batch_size": _key(20_000, int, "ratings per minibatch", _pos),
     "train.epochs": _key(200, int, "maximum number of epochs", _pos),
-    "train.kl_warmup_epochs": _key(0, int, "epochs over which the KL weight rises to 1",
+    "train.kl_warmup_epochs": _key(0, int, "epochs over which the KL weight rises to "
+                                   "train.kl_weight",
                                    _nonneg),
     "train.kl_warmup_start": _key(0.1, float, "KL weight at the first epoch",
                                   (lambda v: 0 < v <= 1, "in (0, 1]")),
+    "train.kl_weight": _key(1.0, float, "KL weight after the warm-up: 1 trains on the true "
+                            "ELBO; below 1 on a tempered bound (a change of objective)",
+                            (lambda v: 0 < v <= 1, "in (0, 1]")),
     "train.patience": _key(20, int, "epochs without validation gain before stopping "
                            "(0 = never stop early)", _nonneg),
     "train.monitor": _key("lpd", str, "validation score for early stopping",
