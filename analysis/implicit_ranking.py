@@ -43,7 +43,6 @@ QUICK_ARGS = ["--quick", "--out", "out"]
 
 import json  # noqa: E402
 import time  # noqa: E402
-import warnings  # noqa: E402
 
 import _common  # noqa: E402  (sets the Agg backend and OMP policy first)
 
@@ -77,7 +76,8 @@ def every_rating(args):
 
     if not args.quick:
         return load_split(resolve_dataset("ml-100k", None), "all").train
-    data = load_data(_common.config_for("implicit", args, ["model.binary_ratings=false"]))
+    data = load_data(_common.config_for("implicit", args, ["model.binary_ratings=false",
+                                                            "data.implicit=false"]))
     both = [data.train, data.test]
     return Ratings(*(np.concatenate([getattr(r, f) for r in both])
                      for f in ("movie", "user", "rating")),
@@ -106,8 +106,7 @@ def popularity(train, test, k: int, threshold) -> dict:
 
 
 def main() -> None:
-    from deepfactor.fitting import HeldOutOverlapWarning, SplitData
-    from deepfactor.implicit import held_out_cells, implicit_cells
+    from deepfactor.fitting import SplitData
     from deepfactor.ranking import RANKING_KEYS, evaluate_rankings, stratified_split
 
     p = _common.parser(__doc__, "runs/implicit_ranking")
@@ -133,22 +132,21 @@ def main() -> None:
     if args.validate:
         train, test = stratified_split(train, 0.8, 7)
         part = "validation part (20% of the training part)"
-    scored = held_out_cells(train, test, seed=args.seed)
+    if args.negatives is not None:
+        config = config.replace(**{"data.implicit_negatives": args.negatives})
     members, fit_seconds = [], []
     for seed in range(args.seed, args.seed + args.members):
-        cells = implicit_cells(train, negatives=args.negatives, seed=seed)
-        with warnings.catch_warnings():
-            # the held-out positives are training zeros: the benchmark's setting (docstring)
-            warnings.simplefilter("ignore", HeldOutOverlapWarning)
-            fitted, seconds = _common.fit_quietly(
-                config.replace(**{"train.seed": seed}),
-                data=SplitData(cells, scored, args.protocol))
+        # data.implicit: fit() builds the cells from the training ratings, and scores
+        # the test pairs against as many empty cells
+        fitted, seconds = _common.fit_quietly(config.replace(**{"train.seed": seed}),
+                                              data=SplitData(train, test, args.protocol))
         members.append(fitted)
         fit_seconds.append(seconds)
+    cells = members[0].encoder_ratings
 
     thresholds = (None, 4.0)
     start = time.perf_counter()
-    ours = evaluate_rankings(members, test, thresholds=thresholds, seen=train,
+    ours = evaluate_rankings(members, test, thresholds=thresholds,
                              num_samples=args.samples)
     ranking_seconds = time.perf_counter() - start
     name = ("deepfactor implicit" if args.members == 1
@@ -157,7 +155,7 @@ def main() -> None:
     if args.each and args.members > 1:
         for seed, member in zip(range(args.seed, args.seed + args.members), members):
             alone[f"deepfactor implicit, seed {seed} alone"] = evaluate_rankings(
-                member, test, thresholds=thresholds, seen=train, num_samples=args.samples)
+                member, test, thresholds=thresholds, num_samples=args.samples)
     rows = []
     for number, (threshold, scores) in enumerate(zip(thresholds, ours)):
         relevance = "every test item" if threshold is None else "rating >= 4"

@@ -105,6 +105,12 @@ def test_a_missing_pairs_file_is_one_line(run_dir, tmp_path):
     assert result.stderr.strip() == f"deepfactor: error: {tmp_path / 'nofile.txt'}: no such file"
 
 
+def test_a_bad_relevance_is_an_option_error():
+    result = run("evaluate", "/nonexistent/run", "--ranking", "--relevant", "most")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "argument --relevant: expected a rating or 'all', got 'most'" in result.stderr
+
+
 def test_an_unknown_split_names_the_option_not_the_checkpoint(run_dir):
     result = run("evaluate", str(run_dir), "--split", "u9")
     assert result.returncode == 2 and "model.pt" not in result.stderr
@@ -211,3 +217,24 @@ def test_a_closed_pipe_ends_quietly(run_dir):
     with child.stderr:
         error = child.stderr.read()
     assert child.wait() == 0 and "Traceback" not in error, error
+
+
+def test_an_implicit_run_fits_evaluates_and_recommends_from_the_command_line(tmp_path):
+    out = tmp_path / "implicit"
+    result = run("fit", str(REPO / "models" / "implicit.toml"), "--out", str(out), "--quiet",
+                 *SMALL)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["num_ratings"] == 2 * 120  # held-out pairs and empty cells
+    assert "auc" in metrics["test"] and "HeldOutOverlap" not in result.stderr
+
+    # the synthetic values are 0/1 draws, not stars: every held-out item is relevant
+    result = run("evaluate", str(out), "--ranking", "--relevant", "all")
+    assert result.returncode == 0, result.stderr
+    ranking = json.loads((out / "evaluation-random.json").read_text())["ranking"]
+    assert ranking["threshold"] is None and ranking["num_users"] > 0
+    assert 0 <= ranking["ndcg_at_k"] <= 1 and "relevant = every test item" in result.stdout
+
+    result = run("recommend", str(out), "--user", "1", "-k", "3")
+    assert result.returncode == 0, result.stderr
+    assert "top 3 for user 1" in result.stdout

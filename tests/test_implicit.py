@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from deepfactor import implicit
 from deepfactor.data.ratings import IdIndex, Ratings
@@ -88,44 +89,93 @@ def test_held_out_cells_are_the_test_pairs_and_as_many_empty_cells():
         held_out_cells(train, elsewhere)
 
 
-def test_an_implicit_fit_lists_unrated_movies_only_and_scores_the_benchmark_way():
-    from deepfactor.fitting import HeldOutOverlapWarning, SplitData, fit
-    from deepfactor.ranking import evaluate_ranking
-    from deepfactor.recommend import recommend, top_k_movies
-
+def _implicit_config(**more):
     from conftest import small_config
+
+    return small_config(**{"model.likelihood": "bernoulli", "model.binary_ratings": True,
+                           "data.implicit": True, "data.rating_scale": [1, 5], **more})
+
+
+@pytest.fixture(scope="module")
+def implicit_fit():
+    from deepfactor.fitting import HeldOutOverlapWarning, SplitData, fit
 
     everything = _ratings(movies=30, users=20, n=200)
     train = everything.subset(np.arange(150))
     test = everything.subset(np.arange(150, 200))
-    config = small_config(**{"model.likelihood": "bernoulli", "model.binary_ratings": True,
-                             "data.rating_scale": [0, 1]})
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", HeldOutOverlapWarning)  # test pairs are zeros here
-        fitted = fit(config, data=SplitData(implicit_cells(train), held_out_cells(train, test),
-                                            "toy"), progress=False)
+        # a held-out pair is a training 0 by design: not an overlap to warn about
+        warnings.simplefilter("error", HeldOutOverlapWarning)
+        fitted = fit(_implicit_config(), data=SplitData(train, test, "toy"), progress=False)
+    return fitted, train, test
+
+
+def test_an_implicit_fit_reads_the_cells_and_scores_held_out_cells(implicit_fit):
+    fitted, train, test = implicit_fit
+    cells = implicit_cells(train)
+    read = fitted.encoder_ratings
+    assert fitted.implicit and len(read) == len(cells)
+    assert dict(zip(_codes(read), read.rating)) == dict(zip(_codes(cells), cells.rating))
+    assert set(_codes(fitted.seen)) == set(_codes(train))  # the rated pairs only
+    # the test pairs as 1s beside as many empty cells
+    assert fitted.metrics["test"]["num_ratings"] == 2 * len(test)
+
+
+def test_an_implicit_fit_lists_unrated_movies_only_and_scores_the_benchmark_way(implicit_fit):
+    from deepfactor.ranking import evaluate_ranking
+    from deepfactor.recommend import recommend, top_k_movies
+
+    fitted, train, test = implicit_fit
     users = np.unique(train.user)
-    # the encoders read every cell: excluding what they read leaves nothing to list
-    assert (top_k_movies(fitted, users, 5) == -1).all()
-    lists = top_k_movies(fitted, users, 5, seen=train)
+    lists = top_k_movies(fitted, users, 5)
     for j, row in zip(users, lists):
         assert not set(row) & set(train.movie[train.user == j])
         assert (row >= 0).sum() == min(5, len(np.unique(train.movie))
                                        - len(train.movie[train.user == j]))
-    # seen on other id maps is re-indexed, not read as if it were on the model's
+    # an explicit seen on other id maps is re-indexed, not read as on the model's
     shuffled = Ratings.from_raw(train.movie_ids.raw_of(train.movie),
                                 train.user_ids.raw_of(train.user), train.rating,
                                 user_ids=IdIndex(list(reversed(train.user_ids.raw))))
     assert np.array_equal(top_k_movies(fitted, users, 5, seen=shuffled), lists)
-    # the default list of an implicit fit is empty, with a warning that says why
-    with pytest.warns(UserWarning, match="implicit fit reads every cell"):
-        assert recommend(fitted, train.user_ids.raw_of(users[:1])[0], k=3).empty
-    # one user's list, as the README says: leave out the rated movies by name
+    # one user's list leaves out the movies it rated, not every cell its encoder read
     j = users[0]
-    rated = list(train.movie_ids.raw_of(train.movie[train.user == j]))
-    top = recommend(fitted, train.user_ids.raw_of([j])[0], k=3, exclude_seen=False,
-                    exclude=rated)
-    assert len(top) == 3 and not set(top["movie"]) & set(rated)
-    scores = evaluate_ranking(fitted, test, threshold=None, seen=train)
+    rated = set(train.movie_ids.raw_of(train.movie[train.user == j]))
+    top = recommend(fitted, train.user_ids.raw_of([j])[0], k=3)
+    assert len(top) == 3 and not set(top["movie"]) & rated
+    scores = evaluate_ranking(fitted, test, threshold=None)
     assert scores["num_users"] == len(np.intersect1d(np.unique(test.user), users))
     assert 0.0 <= scores["ndcg_at_k"] <= 1.0
+
+
+def test_a_user_folded_in_from_its_rated_movies_gets_its_fitted_posterior(implicit_fit):
+    fitted, train, _ = implicit_fit
+    for j in np.unique(train.user)[:4]:
+        chosen = train.movie_ids.raw_of(train.movie[train.user == j])
+        # the values are not read: only which movies were chosen
+        new = fitted.fold_in({m: 5 for m in chosen})
+        assert set(new.seen) == set(train.movie[train.user == j])
+        assert len(new.rated) == len(np.unique(train.movie))  # the whole row of the grid
+        torch.testing.assert_close(new.z_loc, fitted.posterior.z_user_loc[j])
+        torch.testing.assert_close(new.z_scale, fitted.posterior.z_user_scale[j])
+        top = new.recommend(k=3)
+        assert not set(top["movie"]) & set(chosen)
+
+
+def test_an_implicit_run_loads_as_implicit(implicit_fit, tmp_path):
+    from deepfactor.fitted import load
+
+    fitted, train, _ = implicit_fit
+    fitted.save(tmp_path)
+    loaded = load(tmp_path)
+    assert loaded.implicit and set(_codes(loaded.seen)) == set(_codes(fitted.seen))
+    user = train.user_ids.raw_of(train.user[:1])[0]
+    assert loaded.recommend(user, k=4).equals(fitted.recommend(user, k=4))
+
+
+def test_implicit_needs_bernoulli_on_binary_values():
+    from deepfactor.config import ConfigError
+
+    with pytest.raises(ConfigError, match="'data.implicit' = true observes 0/1 cells"):
+        _implicit_config(**{"model.binary_ratings": False})
+    with pytest.raises(ConfigError, match="needs model.likelihood = 'bernoulli'"):
+        _implicit_config(**{"model.likelihood": "normal"})

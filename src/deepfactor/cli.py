@@ -16,6 +16,7 @@ import argparse  # noqa: E402
 import csv  # noqa: E402
 import io  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -54,7 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", help="score this split's test file (default: the run's)")
     ev.add_argument("--data", help="folder with the dataset's files")
     ev.add_argument("--ranking", action="store_true",
-                    help="also Precision@10, Recall@10, nDCG@10 and MAP (relevant: rating >= 4)")
+                    help="also Precision@10, Recall@10, nDCG@10 and MAP")
+    ev.add_argument("--relevant", type=_relevance, default=4.0, metavar="MIN|all",
+                    help="with --ranking: a test rating >= MIN is relevant (default 4), or "
+                         "'all': every test item (the Microsoft Recommenders benchmark)")
 
     pr = sub.add_parser("predict", help="posterior predictive summaries for (user, movie) pairs")
     pr.add_argument("run", help="run directory written by fit")
@@ -331,14 +335,14 @@ def _evaluate(args) -> int:
     if split != fitted_split:
         # Re-encode from this split's own training file: the encoders read it, and
         # never its test file. The decoder still learned from the run's split.
-        fitted = fitted.reading(_as_targets(fitted, data.train), config)
+        fitted = fitted.reading(_observed(fitted, data.train), config)
         log.warning("the model was fitted on split %s; its decoder saw ratings that may "
                     "be in %s.test, so these scores can be optimistic", fitted_split, split)
     metrics = evaluate(fitted, data.test)
     if args.ranking:
         from .ranking import evaluate_ranking
 
-        metrics["ranking"] = evaluate_ranking(fitted, data.test)
+        metrics["ranking"] = evaluate_ranking(fitted, data.test, threshold=args.relevant)
     path = Path(args.run) / f"evaluation-{split}.json"
     write_json(path, metrics)
     print(_summary(metrics, f"{split} test"))
@@ -348,10 +352,10 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _as_targets(fitted, ratings):
-    from .fitting import with_targets
+def _observed(fitted, ratings):
+    from .fitting import observed_training
 
-    return with_targets(fitted.reindex(ratings), fitted.model.likelihood, fitted.config)
+    return observed_training(fitted.reindex(ratings), fitted.model.likelihood, fitted.config)
 
 
 # -- predict ----------------------------------------------------------------------------
@@ -439,7 +443,7 @@ def _recommend(args) -> int:
                                  else f"{args.ratings}: {err}") from None
         for warning in caught:
             print(f"deepfactor: warning: {warning.message}", file=sys.stderr)
-        label = f"a new user from {args.ratings} ({len(who.rated)} ratings read)"
+        label = f"a new user from {args.ratings} ({len(who.seen)} ratings read)"
     else:
         who, label = args.user, f"user {args.user}"
     frame = recommend(fitted, who, args.k, exclude_seen=not args.include_seen,
@@ -474,6 +478,19 @@ def _table(frame) -> str:
         numbers = [row["mean"], row["sd"], *([row["score"]] if scored else [])]
         lines.append(line(row["rank"], row[what], title, *(f"{n:.3f}" for n in numbers)))
     return "\n".join(lines)
+
+
+def _relevance(text: str) -> float | None:
+    """``--relevant``: a number, or ``all`` for None (every test item relevant)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rating or 'all', got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite rating, got {text!r}")
+    return value
 
 
 def _ranking_summary(ranking: dict) -> str:

@@ -96,6 +96,12 @@ KEYS: dict[str, Key] = {
                                       and not isinstance(x, bool) for x in v)
                                   and v[0] < v[1]),
                                "[] or [min, max] with numbers min < max")),
+    "data.implicit": _key(False, bool, "fit which movies each user rated, not the "
+                          "ratings: a 0/1 for every cell of rated movies x rated users "
+                          "(deepfactor.implicit; needs model.likelihood = 'bernoulli' and "
+                          "model.binary_ratings = true)"),
+    "data.implicit_negatives": _key(0.0, float, "data.implicit: zeros drawn per positive "
+                                    "(0 = every cell)", _nonneg),
     "data.synthetic_movies": _key(1682, int, "synthetic: number of movies", _pos),
     "data.synthetic_users": _key(943, int, "synthetic: number of users", _pos),
     "data.synthetic_ratings": _key(100_000, int, "synthetic: number of ratings", _pos),
@@ -196,6 +202,7 @@ class Config(Mapping):
             overridden.add(name)
         for name, value in values.items():
             values[name] = _validate(name, value, "--set" if name in overridden else source)
+        _check_together(values, source)
         return cls(values, source)
 
     @classmethod
@@ -297,6 +304,14 @@ def check_value(name: str, value: Any, source: str) -> Any:
         Naming ``source`` (the file, or the option that gave the value) and the key.
     """
     return _validate(name, value, source)
+
+
+def _check_together(values: Mapping[str, Any], source: str) -> None:
+    """Checks that involve more than one key."""
+    if values["data.implicit"] and (values["model.likelihood"] != "bernoulli"
+                                    or not values["model.binary_ratings"]):
+        raise ConfigError(f"{source}: 'data.implicit' = true observes 0/1 cells: it needs "
+                          "model.likelihood = 'bernoulli' and model.binary_ratings = true")
 
 
 def _validate(name: str, value: Any, source: str) -> Any:

@@ -7,9 +7,11 @@ predict, re-encode, or score new pairs.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -17,7 +19,7 @@ import torch
 from .batching import EncoderInputs
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError
-from .data.ratings import IdIndex, Ratings
+from .data.ratings import IdIndex, Ratings, SparseRows
 from .guide import AmortizedGuide, Encoder
 from .likelihoods import make_likelihood
 from .model import Decoder, MatrixFactorization
@@ -60,7 +62,12 @@ class FittedModel:
     movie_ids, user_ids : IdIndex
     encoder_ratings : Ratings
         The ratings the encoders read (the whole training split); values are the
-        likelihood's targets.
+        likelihood's targets. For an implicit fit (``data.implicit``), its 0/1 cells.
+    implicit : bool
+        ``data.implicit``: the model observes which movies each user rated.
+    seen : Ratings
+        The (movie, user) pairs known to be rated, which recommendations leave out:
+        ``encoder_ratings``, or for an implicit fit its positive cells.
     inputs : EncoderInputs
     posterior : Posterior
         q for every movie and user, from ``encoder_ratings``; recomputed on load,
@@ -79,6 +86,9 @@ class FittedModel:
             raise ValueError(mismatch)
         self.config, self.model, self.guide = config, model, guide
         self.encoder_ratings = encoder_ratings
+        self.implicit = bool(config["data.implicit"])
+        self.seen = (encoder_ratings.subset(encoder_ratings.rating > 0) if self.implicit
+                     else encoder_ratings)
         self.movie_ids, self.user_ids = encoder_ratings.movie_ids, encoder_ratings.user_ids
         self.inputs = EncoderInputs(encoder_ratings, encoder_ratings.rating, center, spread,
                                     sketch=sketch)
@@ -89,6 +99,11 @@ class FittedModel:
         self.metrics = metrics or {}
         self.history = history or []
         self._titles: dict[str, str] | None = None  # read on first recommend()
+
+    @functools.cached_property
+    def seen_by_user(self) -> SparseRows:
+        """:attr:`seen` as one CSR row of movie indices per user."""
+        return self.inputs.by_user if not self.implicit else self.seen.by_user()
 
     @property
     def likelihood(self) -> str:

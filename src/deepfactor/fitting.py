@@ -169,11 +169,12 @@ def fit(config: Config, *, data: SplitData | None = None,
     model, guide = build_modules(config, data.train.num_movies, data.train.num_users)
     likelihood = model.likelihood
 
-    # Targets, the validation carve and every statistic come from training ratings only.
-    train = with_targets(data.train, likelihood, config)
+    # Targets, the validation carve and every statistic come from training ratings only
+    # (for data.implicit, from the 0/1 cells built from them).
+    train = observed_training(data.train, likelihood, config)
     # A malformed test file fails now rather than after training; its values stay unused
     # until scoring.
-    with_targets(data.test, likelihood, config)
+    observed_test(data.test, data.train, likelihood, config)
     fit_part, val_part = carve_validation(train, config["data.validation_fraction"],
                                           config["train.seed"])
     center, spread = float(np.mean(fit_part.rating)), float(np.std(fit_part.rating)) or 1.0
@@ -281,13 +282,59 @@ def read_training_checkpoint(path: str | os.PathLike) -> tuple[Config, dict]:
     return Config.from_saved(state["config"], source=str(path)), state["trainer"]
 
 
+def observed_training(ratings: Ratings, likelihood, config: Config) -> Ratings:
+    """What the model observes of training ``ratings``, and its encoders read.
+
+    The likelihood's targets (:func:`with_targets`); with ``data.implicit``, the 0/1
+    cells of :func:`~deepfactor.implicit.implicit_cells` (every cell, or
+    ``data.implicit_negatives`` zeros per positive drawn with ``train.seed``), after
+    the file's values are checked against ``data.rating_scale``.
+    """
+    if not config["data.implicit"]:
+        return with_targets(ratings, likelihood, config)
+    from .implicit import implicit_cells
+
+    _check_scale(ratings, config)
+    cells = implicit_cells(ratings, negatives=config["data.implicit_negatives"] or None,
+                           seed=config["train.seed"])
+    return with_targets(cells, likelihood)
+
+
+def observed_test(test: Ratings, seen: Ratings, likelihood, config: Config) -> Ratings:
+    """The held-out counterpart of :func:`observed_training` for ``test`` ratings.
+
+    With ``data.implicit``: the test pairs as 1 and as many cells drawn (``train.seed``)
+    from those in neither ``seen`` (the training pairs, on the same id maps) nor
+    ``test``, as 0 (:func:`~deepfactor.implicit.held_out_cells`).
+    """
+    if not config["data.implicit"]:
+        return with_targets(test, likelihood, config)
+    from .implicit import held_out_cells
+
+    _check_scale(test, config)
+    return with_targets(held_out_cells(seen, test, seed=config["train.seed"]), likelihood)
+
+
 def with_targets(ratings: Ratings, likelihood, config: Config | None = None) -> Ratings:
     """``ratings`` with values replaced by the likelihood's (checked) targets.
 
     With ``config``, file ratings must also lie in its ``data.rating_scale`` (synthetic
     data is not checked). A bad value is a :class:`DataFormatError` naming file:line.
     """
-    scale = config["data.rating_scale"] if config is not None else []
+    if config is not None:
+        _check_scale(ratings, config)
+    try:
+        targets = likelihood.prepare(ratings.rating, source=ratings.source,
+                                     lines=ratings.line)
+    except ValueError as err:  # a value the family cannot take: bad input, not a bug
+        raise DataFormatError(str(err)) from None
+    return Ratings(ratings.movie, ratings.user, targets, ratings.movie_ids, ratings.user_ids,
+                   ratings.source, ratings.line)
+
+
+def _check_scale(ratings: Ratings, config: Config) -> None:
+    """File ratings lie in ``data.rating_scale`` (synthetic data is not checked)."""
+    scale = config["data.rating_scale"]
     if scale and config["data.dataset"] != "synthetic":
         outside = np.flatnonzero((ratings.rating < scale[0]) | (ratings.rating > scale[1]))
         if outside.size:
@@ -298,13 +345,6 @@ def with_targets(ratings: Ratings, likelihood, config: Config | None = None) -> 
                 f"{where}: rating {ratings.rating[k]:g} is outside the declared scale "
                 f"[{scale[0]:g}, {scale[1]:g}] ({outside.size} such ratings; see "
                 "data.rating_scale)")
-    try:
-        targets = likelihood.prepare(ratings.rating, source=ratings.source,
-                                     lines=ratings.line)
-    except ValueError as err:  # a value the family cannot take: bad input, not a bug
-        raise DataFormatError(str(err)) from None
-    return Ratings(ratings.movie, ratings.user, targets, ratings.movie_ids, ratings.user_ids,
-                   ratings.source, ratings.line)
 
 
 @torch.no_grad()
@@ -328,8 +368,11 @@ def evaluate(fitted: FittedModel, test: Ratings) -> dict:
         The ``metrics.json`` layout documented in the README.
     """
     name = fitted.likelihood
-    test = with_targets(fitted.reindex(test), fitted.model.likelihood, fitted.config)
-    read = _pairs_read(test, fitted.encoder_ratings)
+    test = observed_test(fitted.reindex(test), fitted.seen, fitted.model.likelihood,
+                         fitted.config)
+    # (for an implicit fit, a held-out 1 is a cell the encoders read as 0 by design;
+    # only a pair read as rated would flatter)
+    read = _pairs_read(test.subset(test.rating > 0) if fitted.implicit else test, fitted.seen)
     if read:
         warnings.warn(f"{read} of the {len(test)} test ratings are (movie, user) pairs the "
                       "encoders read, so their scores are optimistic; score a split's test "

@@ -90,7 +90,8 @@ class FoldIn:
     z_loc, z_scale : Tensor, shape (total_dim,)
         Parameters of ``q(z) = Normal(z_loc, diag(z_scale^2))``.
     rated : ndarray of int64, shape (num_read,)
-        Indices (in the fitted model's id map of the other kind) of the ratings read.
+        Indices (in the fitted model's id map of the other kind) of the ratings read;
+        for an implicit fit, every cell of the new entity's row (see :func:`fold_in`).
     targets : ndarray of float64, shape (num_read,)
         Those ratings as the likelihood's targets (for Bernoulli, 0/1 likes).
     ignored : tuple of str
@@ -105,6 +106,11 @@ class FoldIn:
     rated: np.ndarray
     targets: np.ndarray
     ignored: tuple[str, ...] = ()
+
+    @property
+    def seen(self) -> np.ndarray:
+        """Indices of the entities this one rated: ``rated``, less an implicit fit's 0s."""
+        return self.rated[self.targets > 0] if self.fitted.implicit else self.rated
 
     @property
     def other_kind(self) -> Kind:
@@ -188,7 +194,10 @@ def fold_in(fitted: FittedModel, ratings: Mapping[object, float], *, kind: Kind 
         For a new user, ``{movie id: rating}``; for a new movie, ``{user id: rating}``.
         Ratings are on the data file's scale (stars for MovieLens); the likelihood
         maps them to its targets (for Bernoulli, above ``like_threshold`` is a like).
-        Ids are compared as strings: ``242`` and ``"242"`` are one movie.
+        Ids are compared as strings: ``242`` and ``"242"`` are one movie. For an
+        implicit fit (``data.implicit``) only which ids are given counts: the row read
+        is a 1 for each of them and a 0 for every other entity of the fit's grid, as
+        the fit's encoders read its cells.
     kind : {"user", "movie"}
         What the new entity is.
     name : str
@@ -245,8 +254,13 @@ def fold_in(fitted: FittedModel, ratings: Mapping[object, float], *, kind: Kind 
                       FoldInWarning, stacklevel=2)
     ids = [i for i, ok in zip(ids, known) if ok]
     rated = others.index_of(ids, what=f"{other} id")  # (n,)
-    targets = fitted.model.likelihood.prepare(
-        values[known], source=source, lines=None if lines is None else lines[known])
+    if fitted.implicit:  # a 1 for each chosen id, a 0 for the rest of the grid
+        chosen = rated
+        rated = _implicit_row(fitted, kind, chosen)
+        targets = np.isin(rated, chosen).astype(np.float64)
+    else:
+        targets = fitted.model.likelihood.prepare(
+            values[known], source=source, lines=None if lines is None else lines[known])
     if not len(rated) and unknown != "ignore":
         warnings.warn(f"fold-in of {kind} {name!r}: no rating of a known {other}, so its "
                       "posterior is the prior N(0, I)", FoldInWarning, stacklevel=2)
@@ -255,6 +269,13 @@ def fold_in(fitted: FittedModel, ratings: Mapping[object, float], *, kind: Kind 
     log.debug("folded in %s %r from %d ratings (%d ignored)", kind, name, len(rated),
               len(missing))
     return FoldIn(fitted, kind, str(name), z_loc, z_scale, rated, targets, tuple(missing))
+
+
+def _implicit_row(fitted: FittedModel, kind: Kind, rated: np.ndarray) -> np.ndarray:
+    """Other-kind indices of an implicit fit's row for a new entity that chose ``rated``:
+    the fit's grid (entities with a training cell) and ``rated`` itself, sorted."""
+    rows = fitted.inputs.by_movie if kind == "user" else fitted.inputs.by_user
+    return np.union1d(np.flatnonzero(rows.counts > 0), rated)
 
 
 def _check_scale(ids: list[str], values: np.ndarray, other: str, scale: list, source: str,

@@ -104,7 +104,7 @@ def evaluate_ranking(fitted: FittedModel | Sequence[FittedModel], test: Ratings,
                      seed: int | None = None) -> dict:
     """Ranking metrics of ``fitted``'s top-``k`` lists on held-out ``test`` ratings.
 
-    Each test user with at least one training rating (the encoders' input, or a pair
+    Each test user with at least one training rating (a pair of the fit's ``seen``, or
     of ``seen`` when given) gets the top-``k`` movies by posterior predictive mean among
     the movies with training ratings, less its own training movies (or its ``seen``
     pairs; :func:`~deepfactor.recommend.top_k_movies`).
@@ -121,9 +121,8 @@ def evaluate_ranking(fitted: FittedModel | Sequence[FittedModel], test: Ratings,
         A test rating ``>= threshold`` is relevant; None makes every test item relevant
         (the Microsoft Recommenders benchmark).
     seen : Ratings, optional
-        The training pairs left out of each user's list (default: the ratings the
-        encoders read). For an implicit model (:mod:`deepfactor.implicit`), whose
-        encoders read every cell, pass the training ratings themselves.
+        The training pairs left out of each user's list (default: the fit's ``seen``,
+        the ratings the encoders read, or for an implicit fit its positive cells).
     num_samples, seed : int, optional
         Posterior draws for the means, and their seed.
 
@@ -157,7 +156,7 @@ def evaluate_rankings(fitted: FittedModel | Sequence[FittedModel], test: Ratings
     first = _members(fitted)[0]
     test = first.reindex(test)
     seen = None if seen is None else first.reindex(seen)
-    warm = (first.encoder_ratings if seen is None else seen).user_counts() > 0
+    warm = (first.seen if seen is None else seen).user_counts() > 0
     users = np.unique(test.user)
     cold = users[~warm[users]]
     users = users[warm[users]]

@@ -138,8 +138,9 @@ def recommend(fitted: FittedModel, user: object | FoldIn, k: int = 10, *,
         users instead.
     k : int, default 10
     exclude_seen : bool, default True
-        Leave out what the user has rated: the training ratings the encoders read, or
-        for a new user the ratings it was folded in from.
+        Leave out what the user has rated: the training ratings the encoders read (for
+        an implicit fit, the movies it rated, not every cell), or for a new user the
+        ratings it was folded in from.
     strategy : {"mean", "upper", "thompson"}, default "mean"
         The ranking score; see the module docstring.
     quantile : float, default 0.9
@@ -205,9 +206,8 @@ def recommend(fitted: FittedModel, user: object | FoldIn, k: int = 10, *,
 
     config = fitted.config
     if len(pool) == 0:  # everything seen or excluded: an empty list, said once
-        hint = " (an implicit fit reads every cell: see exclude_seen)" if exclude_seen else ""
         warnings.warn(f"no {other} left to recommend: every candidate is seen or "
-                      f"excluded{hint}", UserWarning, stacklevel=2)
+                      "excluded", UserWarning, stacklevel=2)
         nothing = torch.zeros(0)
         scored = _Scored(nothing, nothing, nothing)
     else:
@@ -248,9 +248,9 @@ def _the_one(fitted: FittedModel, user: object | FoldIn):
     if isinstance(user, FoldIn):
         if user.fitted is not fitted:
             raise ValueError("this FoldIn was made from another fitted model")
-        return user.z_loc, user.z_scale, user.kind == "user", user.rated
+        return user.z_loc, user.z_scale, user.kind == "user", user.seen
     j = int(fitted.user_ids.index_of([user], what="user id")[0])
-    rows = fitted.inputs.by_user
+    rows = fitted.seen_by_user
     seen = rows.indices[rows.indptr[j]:rows.indptr[j + 1]]
     post = fitted.posterior
     return post.z_user_loc[j], post.z_user_scale[j], True, seen
@@ -415,8 +415,8 @@ def top_k_movies(fitted: FittedModel | Sequence[FittedModel], users: np.ndarray,
         User indices of the fitted model.
     seen : Ratings, optional
         The (movie, user) pairs ``exclude_seen`` leaves out, on the fitted model's id
-        maps. Default: the ratings the encoders read. An implicit model reads every
-        cell, zeros included (:mod:`deepfactor.implicit`); pass its positive cells.
+        maps. Default: the fit's ``seen`` pairs (the ratings the encoders read; for an
+        implicit fit, its positive cells).
     num_samples, seed : int, optional
         Posterior draws per fit, and their seed (default: each fit's own
         ``train.seed``, so the members of a mixture draw independently).
@@ -429,7 +429,7 @@ def top_k_movies(fitted: FittedModel | Sequence[FittedModel], users: np.ndarray,
     members = _members(fitted)
     first = members[0]
     by_movie = first.inputs.by_movie
-    by_user = first.inputs.by_user if seen is None else first.reindex(seen).by_user()
+    by_user = first.seen_by_user if seen is None else first.reindex(seen).by_user()
     pool = np.flatnonzero(by_movie.counts > 0)  # (num_candidates,)
     column_of = np.full(by_movie.num_rows, -1, dtype=np.int64)
     column_of[pool] = np.arange(len(pool))
