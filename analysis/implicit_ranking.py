@@ -13,11 +13,14 @@ Data and split
     tunes on the training part only: it is split again, 80/20 per user (seed 7), and
     the test part is not read. With ``--quick``: synthetic ratings.
 Model
-    ``models/implicit.toml`` fitted on the cells of the training part
-    (``implicit_cells``; every cell, or ``--negatives`` zeros per positive). The fit's
-    own test metrics (AUC, log-loss) use the held-out positives and as many cells drawn
-    from those rated in neither part (``held_out_cells``). The validation carve for
-    early stopping is taken from the cells, as in every fit.
+    ``models/implicit.toml`` (``data.implicit``): fit() builds the cells of the training
+    part (``implicit_cells``; every cell, or ``--negatives`` zeros per positive). The
+    fit's own test metrics (AUC, log-loss) use the held-out positives and as many cells
+    drawn from those rated in neither part (``held_out_cells``, seeded by each fit's
+    seed, so several fits' AUCs are on different empty cells). The validation carve for
+    early stopping is taken from the cells, as in every fit. ``--members K`` fits seeds
+    ``seed .. seed + K - 1`` and ranks by their mixture's predictive mean
+    (``evaluate_rankings`` with a list of fits); ``--each`` also ranks by each alone.
 Measured
     Precision@10, Recall@10, nDCG@10, MAP and MAP@10 with every test item relevant (the
     benchmark's convention) and with ratings >= 4 relevant, each user's training movies
@@ -25,9 +28,9 @@ Measured
     published figures from the benchmark's table, with the ratio ours / BiVAE. Fit and
     ranking seconds.
 Simplified
-    One seed. BiVAE's numbers are copied from the Recommenders benchmark table, not run
-    here. A held-out positive is a training zero (the user had not rated the movie in
-    the training part): that is the benchmark's setting, and no held-out value is read.
+    BiVAE's numbers are copied from the Recommenders benchmark table, not run here. A
+    held-out positive is a training zero (the user had not rated the movie in the
+    training part): that is the benchmark's setting, and no held-out value is read.
 References
     Truong, Salah & Lauw (2021), "Bilateral Variational Autoencoder for Collaborative
     Filtering"; Microsoft Recommenders, ``examples/06_benchmarks/movielens.ipynb``

@@ -179,3 +179,43 @@ def test_implicit_needs_bernoulli_on_binary_values():
         _implicit_config(**{"model.binary_ratings": False})
     with pytest.raises(ConfigError, match="needs model.likelihood = 'bernoulli'"):
         _implicit_config(**{"model.likelihood": "normal"})
+
+def test_the_checks_of_an_implicit_run_score_its_held_out_cells(implicit_fit):
+    from deepfactor.check_report import PosteriorCollapseWarning, posterior_checks
+
+    fitted, _, test = implicit_fit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PosteriorCollapseWarning)  # a 3-epoch toy fit
+        report = posterior_checks(fitted, test, num_samples=10, train_sample=100, seed=0)
+    assert report.summary["num_heldout"] == fitted.metrics["test"]["num_ratings"] == 2 * len(test)
+
+
+def test_a_fold_in_reads_what_the_fit_read_with_drawn_zeros_and_any_values():
+    from deepfactor.fitting import SplitData, fit
+    from deepfactor.foldin import FoldInWarning
+
+    everything = _ratings(movies=30, users=20, n=200)
+    train, test = everything.subset(np.arange(150)), everything.subset(np.arange(150, 200))
+    fitted = fit(_implicit_config(**{"data.implicit_negatives": 1.0, "train.epochs": 1}),
+                 data=SplitData(train, test, "toy"), progress=False)
+    chosen = ["m1", "m4", "m7", "m9"]
+    new = fitted.fold_in({m: 0 for m in chosen})  # values are not read, nor scale-checked
+    assert len(new.rated) == 2 * len(chosen) and new.targets.sum() == len(chosen)
+    assert set(fitted.movie_ids.raw_of(new.seen)) == set(chosen)
+    again = fitted.fold_in({m: 1 for m in chosen})
+    assert np.array_equal(again.rated, new.rated)  # the zeros are drawn with the seed
+    with pytest.warns(FoldInWarning) as caught:
+        fitted.fold_in({"nobody": 1})
+    assert any("row holds no 1" in str(w.message) for w in caught)
+
+
+def test_an_implicit_fit_takes_a_test_set_on_other_id_maps(implicit_fit):
+    from deepfactor.fitting import SplitData, fit
+
+    fitted, train, test = implicit_fit
+    elsewhere = Ratings.from_raw(test.movie_ids.raw_of(test.movie),
+                                 test.user_ids.raw_of(test.user), test.rating,
+                                 user_ids=IdIndex(list(reversed(test.user_ids.raw))),
+                                 movie_ids=test.movie_ids)
+    again = fit(fitted.config, data=SplitData(train, elsewhere, "toy"), progress=False)
+    assert again.metrics["test"] == fitted.metrics["test"]

@@ -56,6 +56,31 @@ def test_a_tempered_fit_keeps_its_weight_and_reports_the_true_elbo(monkeypatch):
 
 
 
+def test_early_stopping_waits_for_the_objective_not_for_the_warm_up_epochs(caplog):
+    import numpy as np
+
+    base = {"train.epochs": 4, "train.kl_warmup_epochs": 10, "train.patience": 0}
+    # a warm-up that starts at the final weight trains on the objective from epoch 1
+    flat = fit(small_config(**base, **{"train.kl_warmup_start": 1.0}), progress=False)
+    assert [row["kl_weight"] for row in flat.history] == [1.0] * 4
+    lpd = [row["val_lpd"] for row in flat.history]
+    assert flat.metrics["fit"]["best_epoch"] == int(np.argmax(lpd)) + 1
+    # a warm-up longer than the run never reaches it: the last epoch, with a warning
+    with caplog.at_level("WARNING", logger="deepfactor.train"):
+        rising = fit(small_config(**base, **{"train.kl_warmup_start": 0.1}), progress=False)
+    assert rising.metrics["fit"]["best_epoch"] == 4
+    assert "before the KL warm-up finished" in caplog.text
+
+
+def test_a_warm_up_cannot_fall_to_its_weight():
+    from deepfactor.config import ConfigError
+
+    with pytest.raises(ConfigError, match="'train.kl_warmup_start' .0.5. is above "
+                                          "'train.kl_weight' .0.3."):
+        small_config(**{"train.kl_warmup_epochs": 2, "train.kl_warmup_start": 0.5,
+                        "train.kl_weight": 0.3})
+
+
 def test_a_run_stopped_mid_epoch_and_resumed_ends_like_an_unstopped_one(tmp_path, monkeypatch):
     config = small_config(**{"train.epochs": 5, "train.kl_warmup_epochs": 2,
                              "train.lr_final": 0.002})

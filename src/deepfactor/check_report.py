@@ -120,9 +120,12 @@ def posterior_checks(fitted, test: Ratings, *, num_samples: int = 100,
     -------
     CheckReport
     """
+    from .fitting import observed_test
+
     likelihood = fitted.model.likelihood
-    test = fitted.reindex(test)
-    heldout_y = likelihood.prepare(test.rating, source=test.source, lines=test.line)
+    # the likelihood's targets; for an implicit fit, the held-out cells its metrics score
+    test = observed_test(fitted.reindex(test), fitted.seen, likelihood, fitted.config)
+    heldout_y = test.rating
     train = _train_sample(fitted.encoder_ratings, train_sample, seed)
     draws = draw_predictive(fitted.model, fitted.posterior,
                             {"heldout": (test.movie, test.user, heldout_y),
@@ -192,11 +195,10 @@ def _prior_model(config: Config, data):
     set_seed(config["train.seed"])
     model, _ = build_modules(config, data.train.num_movies, data.train.num_users)
     model.eval()
-    likelihood = model.likelihood
-    targets = likelihood.prepare(data.train.rating, source=data.train.source,
-                                 lines=data.train.line)
-    train = Ratings(data.train.movie, data.train.user, targets, data.train.movie_ids,
-                    data.train.user_ids, data.train.source)
+    from .fitting import observed_training
+
+    # the likelihood's targets (for data.implicit, the cells), as a fit observes them
+    train = observed_training(data.train, model.likelihood, config)
     fit_part, _ = carve_validation(train, config["data.validation_fraction"],
                                    config["train.seed"])
     model.start_from(fit_part.rating)  # where a fit starts

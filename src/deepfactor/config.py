@@ -312,6 +312,11 @@ def _check_together(values: Mapping[str, Any], source: str) -> None:
                                     or not values["model.binary_ratings"]):
         raise ConfigError(f"{source}: 'data.implicit' = true observes 0/1 cells: it needs "
                           "model.likelihood = 'bernoulli' and model.binary_ratings = true")
+    if values["train.kl_warmup_epochs"] and \
+            values["train.kl_warmup_start"] > values["train.kl_weight"]:
+        raise ConfigError(f"{source}: 'train.kl_warmup_start' "
+                          f"({values['train.kl_warmup_start']:g}) is above 'train.kl_weight' "
+                          f"({values['train.kl_weight']:g}): a warm-up rises to the weight")
 
 
 def _validate(name: str, value: Any, source: str) -> Any:

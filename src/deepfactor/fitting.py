@@ -254,7 +254,7 @@ def training_inputs(config: Config, fit_part: Ratings, center: float, spread: fl
 def _metrics(fitted: FittedModel, data: SplitData, loss_fn, batcher: RatingBatcher,
              result, start: float, val_part: Ratings) -> dict:
     """The content of ``metrics.json`` for a fit that ended with ``result``."""
-    train, fit_part = data.train, batcher.ratings
+    fit_part = batcher.ratings
     final_elbo = _final_elbo(loss_fn, batcher)
     metrics = evaluate(fitted, data.test)
     metrics["fit"] = {
@@ -265,10 +265,14 @@ def _metrics(fitted: FittedModel, data: SplitData, loss_fn, batcher: RatingBatch
         "stop_reason": result.stop_reason,
         "final_elbo": final_elbo,
         "final_elbo_per_rating": final_elbo / len(fit_part),
-        "num_train_ratings": len(train),
+        # what the model observed: ratings, or for data.implicit the cells (and the
+        # ratings they came from beside them)
+        "num_train_ratings": len(fitted.encoder_ratings),
         "num_fit_ratings": len(fit_part),
         "num_validation_ratings": len(val_part),
     }
+    if fitted.implicit:
+        metrics["fit"]["num_rated_pairs"] = len(fitted.seen)
     best = result.history[result.best_epoch - 1] if result.history else {}
     metrics["validation"] = {k[4:]: v for k, v in best.items() if k.startswith("val_")}
     return metrics
@@ -312,6 +316,8 @@ def observed_test(test: Ratings, seen: Ratings, likelihood, config: Config) -> R
     from .implicit import held_out_cells
 
     _check_scale(test, config)
+    if test.movie_ids != seen.movie_ids or test.user_ids != seen.user_ids:
+        test = test.with_ids(seen.movie_ids, seen.user_ids)  # as evaluate() re-indexes
     return with_targets(held_out_cells(seen, test, seed=config["train.seed"]), likelihood)
 
 

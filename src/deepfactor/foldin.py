@@ -195,9 +195,10 @@ def fold_in(fitted: FittedModel, ratings: Mapping[object, float], *, kind: Kind 
         Ratings are on the data file's scale (stars for MovieLens); the likelihood
         maps them to its targets (for Bernoulli, above ``like_threshold`` is a like).
         Ids are compared as strings: ``242`` and ``"242"`` are one movie. For an
-        implicit fit (``data.implicit``) only which ids are given counts: the row read
-        is a 1 for each of them and a 0 for every other entity of the fit's grid, as
-        the fit's encoders read its cells.
+        implicit fit (``data.implicit``) only which ids are given counts (any finite
+        value): the row read is a 1 for each of them and a 0 for every other entity of
+        the fit's grid, or for as many drawn ones as ``data.implicit_negatives`` asks,
+        as the fit's cells hold them.
     kind : {"user", "movie"}
         What the new entity is.
     name : str
@@ -211,7 +212,8 @@ def fold_in(fitted: FittedModel, ratings: Mapping[object, float], *, kind: Kind 
     -------
     FoldIn
         With ``z_loc``, ``z_scale`` of shape ``(total_dim,)``; ``predict`` and
-        ``recommend`` work on it. With no known rating, q is the prior N(0, I).
+        ``recommend`` work on it. With no known rating, q is the prior N(0, I) (for an
+        implicit fit, q of a row of zeros).
 
     Raises
     ------
@@ -238,8 +240,9 @@ def fold_in(fitted: FittedModel, ratings: Mapping[object, float], *, kind: Kind 
         source, lines = ratings.source, np.array([ratings.lines[i] for i in ids])
     else:
         source, lines = f"fold-in of {kind} {name!r}", None
-    # the scale is checked as for the training files: not for simulated data
-    if fitted.config["data.dataset"] != "synthetic":
+    # the scale is checked as for the training files: not for simulated data, nor for an
+    # implicit fit, which reads only which ids are given
+    if fitted.config["data.dataset"] != "synthetic" and not fitted.implicit:
         _check_scale(ids, values, other, fitted.config["data.rating_scale"], source, lines)
 
     known = np.fromiter((i in others for i in ids), dtype=bool, count=len(ids))
@@ -254,16 +257,17 @@ def fold_in(fitted: FittedModel, ratings: Mapping[object, float], *, kind: Kind 
                       FoldInWarning, stacklevel=2)
     ids = [i for i, ok in zip(ids, known) if ok]
     rated = others.index_of(ids, what=f"{other} id")  # (n,)
-    if fitted.implicit:  # a 1 for each chosen id, a 0 for the rest of the grid
+    if not len(rated) and unknown != "ignore":
+        warnings.warn(f"fold-in of {kind} {name!r}: no rating of a known {other}, so its "
+                      + ("row holds no 1: it chose nothing the model knows" if fitted.implicit
+                         else "posterior is the prior N(0, I)"), FoldInWarning, stacklevel=2)
+    if fitted.implicit:  # a 1 for each chosen id, 0s beside them as in the fit's cells
         chosen = rated
         rated = _implicit_row(fitted, kind, chosen)
         targets = np.isin(rated, chosen).astype(np.float64)
     else:
         targets = fitted.model.likelihood.prepare(
             values[known], source=source, lines=None if lines is None else lines[known])
-    if not len(rated) and unknown != "ignore":
-        warnings.warn(f"fold-in of {kind} {name!r}: no rating of a known {other}, so its "
-                      "posterior is the prior N(0, I)", FoldInWarning, stacklevel=2)
 
     z_loc, z_scale = encode_one(fitted, kind, rated, targets)
     log.debug("folded in %s %r from %d ratings (%d ignored)", kind, name, len(rated),
@@ -271,11 +275,26 @@ def fold_in(fitted: FittedModel, ratings: Mapping[object, float], *, kind: Kind 
     return FoldIn(fitted, kind, str(name), z_loc, z_scale, rated, targets, tuple(missing))
 
 
-def _implicit_row(fitted: FittedModel, kind: Kind, rated: np.ndarray) -> np.ndarray:
-    """Other-kind indices of an implicit fit's row for a new entity that chose ``rated``:
-    the fit's grid (entities with a training cell) and ``rated`` itself, sorted."""
+def _implicit_row(fitted: FittedModel, kind: Kind, chosen: np.ndarray) -> np.ndarray:
+    """Other-kind indices of an implicit fit's row for a new entity that chose ``chosen``,
+    sorted: ``chosen`` and the zeros beside them, as the fit's cells hold them.
+
+    Every other entity of the fit's grid (those with a training cell), or, for a fit
+    with ``data.implicit_negatives = r``, ``round(r n)`` of them drawn as
+    :func:`~deepfactor.implicit.implicit_cells` draws a user's zeros (seeded with
+    ``train.seed``, so a fold-in is reproducible).
+    """
+    from .implicit import _draw_unrated
+
     rows = fitted.inputs.by_movie if kind == "user" else fitted.inputs.by_user
-    return np.union1d(np.flatnonzero(rows.counts > 0), rated)
+    grid = np.flatnonzero(rows.counts > 0)
+    chosen = np.unique(chosen)
+    negatives = fitted.config["data.implicit_negatives"]
+    if not negatives:
+        return np.union1d(grid, chosen)
+    count = min(len(grid) - np.isin(grid, chosen).sum(), int(round(negatives * len(chosen))))
+    zeros = _draw_unrated(grid, chosen, count, np.random.default_rng(fitted.config["train.seed"]))
+    return np.union1d(zeros, chosen)
 
 
 def _check_scale(ids: list[str], values: np.ndarray, other: str, scale: list, source: str,

@@ -145,6 +145,8 @@ def evaluate_rankings(fitted: FittedModel | Sequence[FittedModel], test: Ratings
     The top-``k`` lists do not depend on the threshold, only the relevant items do, so
     each user's list is computed once (the costly part: every candidate movie is
     scored from posterior draws) and scored against each threshold's relevant set.
+    Every warm test user is ranked, so a threshold's metrics are the same whichever
+    other thresholds are asked for.
 
     Returns
     -------
@@ -168,10 +170,9 @@ def evaluate_rankings(fitted: FittedModel | Sequence[FittedModel], test: Ratings
         for movie, user in zip(test.movie[is_relevant], test.user[is_relevant]):
             relevant.setdefault(int(user), set()).add(int(movie))
         relevant_by_threshold.append(relevant)
-    # users with a relevant item under some threshold, the only lists that are scored
-    wanted = set().union(*relevant_by_threshold) if relevant_by_threshold else set()
-    users = np.asarray([u for u in users if int(u) in wanted], dtype=np.int64)
-
+    # Every warm test user gets a list, whatever the thresholds: the posterior draws of
+    # a block of users depend on the users ranked before it, so ranking only the users
+    # a threshold needs would make its metrics depend on the other thresholds asked.
     top = top_k_movies(fitted, users, k, seen=seen, num_samples=num_samples,
                        seed=seed)  # (n, k)
     lists = {int(u): [int(m) for m in row if m >= 0] for u, row in zip(users, top)}

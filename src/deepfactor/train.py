@@ -166,7 +166,7 @@ class SVITrainer:
         self.settings, self.world = settings, world
         if settings.kl_weight < 1.0:
             log.info("train.kl_weight = %g: training maximizes a tempered bound, not the "
-                     "ELBO; the fit reports the true ELBO beside it", settings.kl_weight)
+                     "ELBO", settings.kl_weight)
         self.is_main = world is None or world.is_main
         self.checkpoint = checkpoint if self.is_main else None
         self.progress = progress and self.is_main
@@ -367,7 +367,8 @@ class SVITrainer:
             self.loss_fn.train()
 
     def _track_best(self, score: float | None) -> None:
-        if self.epoch <= self.settings.kl_warmup_epochs:
+        s = self.settings
+        if self.epoch <= s.kl_warmup_epochs and self._beta(self.epoch) != s.kl_weight:
             return  # inside the warm-up: not yet the objective
         sign = 1.0 if self.settings.monitor == "lpd" else -1.0  # "higher is better"
         if score is None or sign * score > self.best_score:
