@@ -297,7 +297,7 @@ def test_pareto_k_bands_add_up():
 
 # -- the report -------------------------------------------------------------------------
 
-SUMMARY_KEYS = {"kind", "likelihood", "dataset", "split", "num_samples", "seed",
+SUMMARY_KEYS = {"kind", "likelihood", "implicit", "dataset", "split", "num_samples", "seed",
                 "num_heldout", "num_train", "num_train_sample", "coverage", "coverage_sd",
                 "pit", "reliability", "elpd_heldout", "loo", "p_values", "collapse", "files"}
 EVERY_RUN_FILE = {"predictive.nc", "report.md", "summary.json", "coverage.csv",

@@ -105,10 +105,14 @@ def test_a_missing_pairs_file_is_one_line(run_dir, tmp_path):
     assert result.stderr.strip() == f"deepfactor: error: {tmp_path / 'nofile.txt'}: no such file"
 
 
-def test_a_bad_relevance_is_an_option_error():
-    result = run("evaluate", "/nonexistent/run", "--ranking", "--relevant", "most")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "argument --relevant: expected a rating or 'all', got 'most'" in result.stderr
+def test_a_bad_relevance_is_one_line(run_dir):
+    for args, message in ((["--ranking", "--relevant", "most"],
+                           "--relevant: expected a rating or 'all', got 'most'"),
+                          (["--relevant", "3.5"], "--relevant chooses the relevant items of "
+                                                  "--ranking; add --ranking")):
+        result = run("evaluate", str(run_dir), *args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip() == f"deepfactor: error: {message}"
 
 
 def test_an_unknown_split_names_the_option_not_the_checkpoint(run_dir):

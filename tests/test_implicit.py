@@ -188,6 +188,9 @@ def test_the_checks_of_an_implicit_run_score_its_held_out_cells(implicit_fit):
         warnings.simplefilter("ignore", PosteriorCollapseWarning)  # a 3-epoch toy fit
         report = posterior_checks(fitted, test, num_samples=10, train_sample=100, seed=0)
     assert report.summary["num_heldout"] == fitted.metrics["test"]["num_ratings"] == 2 * len(test)
+    from deepfactor.check_report import _markdown
+
+    assert report.summary["implicit"] and "Half the held-out cells are 1s" in _markdown(report)
 
 
 def test_a_fold_in_reads_what_the_fit_read_with_drawn_zeros_and_any_values():

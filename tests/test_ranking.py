@@ -182,8 +182,12 @@ def test_several_thresholds_rank_once_and_score_each(fitted, monkeypatch):
 
 @pytest.fixture(scope="module")
 def other_seed(fitted):
+    from deepfactor.fitting import load_data
+
+    # the same data (synthetic data follow the seed), fitted with another seed
+    data = load_data(fitted.config)
     return fit(fitted.config.replace(**{"train.seed": fitted.config["train.seed"] + 1}),
-               progress=False)
+               data=data, progress=False)
 
 
 def test_a_mixture_ranks_by_the_mean_of_its_fits_means(fitted, other_seed):
@@ -214,3 +218,9 @@ def test_a_mixture_needs_fits_of_the_same_ids(fitted):
         top_k_movies([fitted, elsewhere], np.arange(3), 4)
     with pytest.raises(ValueError, match="no fitted model"):
         top_k_movies([], np.arange(3), 4)
+    # the same ids, other ratings: synthetic data drawn with another seed
+    redrawn = fit(fitted.config.replace(**{"train.seed": 9, "train.epochs": 1}),
+                  progress=False)
+    assert redrawn.movie_ids == fitted.movie_ids and redrawn.user_ids == fitted.user_ids
+    with pytest.raises(ValueError, match="fit 2 of the mixture was trained on other rated"):
+        top_k_movies([fitted, redrawn], np.arange(3), 4)

@@ -79,6 +79,12 @@ def test_a_warm_up_cannot_fall_to_its_weight():
                                           "'train.kl_weight' .0.3."):
         small_config(**{"train.kl_warmup_epochs": 2, "train.kl_warmup_start": 0.5,
                         "train.kl_weight": 0.3})
+    # an override that breaks it is blamed on --set, not on the file
+    from deepfactor.config import load_config
+
+    with pytest.raises(ConfigError, match=r"^--set: 'train.kl_warmup_start' .*"
+                                          r"set train.kl_warmup_epochs = 0$"):
+        load_config(REPO / "models" / "quasipoisson.toml", ["train.kl_weight=0.005"])
 
 
 def test_a_run_stopped_mid_epoch_and_resumed_ends_like_an_unstopped_one(tmp_path, monkeypatch):

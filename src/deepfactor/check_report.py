@@ -93,6 +93,7 @@ def _train_sample(ratings: Ratings, size: int, seed: int) -> Ratings:
 
 def _empty_summary(kind: str, config: Config, num_samples: int, seed: int) -> dict:
     return {"kind": kind, "likelihood": config["model.likelihood"],
+            "implicit": config["data.implicit"],
             "dataset": config["data.dataset"], "split": config["data.split"],
             "num_samples": num_samples, "seed": seed, "num_heldout": None,
             "num_train": None, "num_train_sample": None, "coverage": None,
@@ -611,6 +612,12 @@ def _markdown(report: CheckReport) -> str:
              + f"a sample of {s['num_train_sample']} of {s['num_train']} training ratings. "
              f"The ArviZ data object is [{NETCDF_NAME}]({NETCDF_NAME}); the numbers are in "
              f"[summary.json](summary.json).", ""]
+    if s.get("implicit") and report.kind == "posterior":
+        lines += ["An implicit fit (data.implicit): the ratings checked are 0/1 cells. Half "
+                  "the held-out cells are 1s by construction, each a cell the fit read as 0, "
+                  "so the held-out calibration below is expected to look over-confident and "
+                  "too low; it does not measure the model's calibration on its own cells "
+                  "(the training checks do).", ""]
     section = None
     for sec, name, reading in report.items:
         if sec != section:

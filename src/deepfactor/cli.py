@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="folder with the dataset's files")
     ev.add_argument("--ranking", action="store_true",
                     help="also Precision@10, Recall@10, nDCG@10 and MAP")
-    ev.add_argument("--relevant", type=_relevance, default=4.0, metavar="MIN|all",
+    ev.add_argument("--relevant", metavar="MIN|all",
                     help="with --ranking: a test rating >= MIN is relevant (default 4), or "
                          "'all': every test item (the Microsoft Recommenders benchmark)")
 
@@ -301,7 +301,9 @@ def _summary(metrics: dict, label: str) -> str:
     test = metrics["test"]
     keys = [*METRIC_KEYS[metrics["likelihood"]], "lpd"]
     refs = metrics["reference"]
-    lines = [f"{label}: {test['num_ratings']} ratings scored ({test['num_cold']} cold start), "
+    scored = ("cells scored (held-out pairs and as many empty cells)"
+              if metrics.get("implicit") else "ratings scored")
+    lines = [f"{label}: {test['num_ratings']} {scored} ({test['num_cold']} cold start), "
              f"{metrics['likelihood']} likelihood",
              f"{'metric':<10}{'deepfactor':>12}{'global_mean':>13}{'bias':>10}"]
     for key in keys:
@@ -325,6 +327,9 @@ def _evaluate(args) -> int:
     from .fitted import load
     from .fitting import evaluate, load_data
 
+    if args.relevant is not None and not args.ranking:
+        raise UsageError("--relevant chooses the relevant items of --ranking; add --ranking")
+    relevant = 4.0 if args.relevant is None else _relevance(args.relevant)
     fitted = load(args.run)
     fitted_split = fitted.config["data.split"]
     split = args.split or fitted_split
@@ -342,7 +347,7 @@ def _evaluate(args) -> int:
     if args.ranking:
         from .ranking import evaluate_ranking
 
-        metrics["ranking"] = evaluate_ranking(fitted, data.test, threshold=args.relevant)
+        metrics["ranking"] = evaluate_ranking(fitted, data.test, threshold=relevant)
     path = Path(args.run) / f"evaluation-{split}.json"
     write_json(path, metrics)
     print(_summary(metrics, f"{split} test"))
@@ -487,9 +492,9 @@ def _relevance(text: str) -> float | None:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a rating or 'all', got {text!r}") from None
+        raise UsageError(f"--relevant: expected a rating or 'all', got {text!r}") from None
     if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite rating, got {text!r}")
+        raise UsageError(f"--relevant: expected a finite rating, got {text!r}")
     return value
 
 

@@ -202,7 +202,7 @@ class Config(Mapping):
             overridden.add(name)
         for name, value in values.items():
             values[name] = _validate(name, value, "--set" if name in overridden else source)
-        _check_together(values, source)
+        _check_together(values, source, overridden)
         return cls(values, source)
 
     @classmethod
@@ -306,17 +306,25 @@ def check_value(name: str, value: Any, source: str) -> Any:
     return _validate(name, value, source)
 
 
-def _check_together(values: Mapping[str, Any], source: str) -> None:
-    """Checks that involve more than one key."""
+def _check_together(values: Mapping[str, Any], source: str,
+                    overridden: Iterable[str] = ()) -> None:
+    """Checks that involve more than one key; blamed on ``--set`` if it gave one of them."""
+    def blame(*names: str) -> str:
+        return "--set" if set(names) & set(overridden) else source
+
+    implicit = ("data.implicit", "model.likelihood", "model.binary_ratings")
     if values["data.implicit"] and (values["model.likelihood"] != "bernoulli"
                                     or not values["model.binary_ratings"]):
-        raise ConfigError(f"{source}: 'data.implicit' = true observes 0/1 cells: it needs "
-                          "model.likelihood = 'bernoulli' and model.binary_ratings = true")
+        raise ConfigError(f"{blame(*implicit)}: 'data.implicit' = true observes 0/1 cells: "
+                          "it needs model.likelihood = 'bernoulli' and "
+                          "model.binary_ratings = true")
+    warm_up = ("train.kl_warmup_epochs", "train.kl_warmup_start", "train.kl_weight")
     if values["train.kl_warmup_epochs"] and \
             values["train.kl_warmup_start"] > values["train.kl_weight"]:
-        raise ConfigError(f"{source}: 'train.kl_warmup_start' "
+        raise ConfigError(f"{blame(*warm_up)}: 'train.kl_warmup_start' "
                           f"({values['train.kl_warmup_start']:g}) is above 'train.kl_weight' "
-                          f"({values['train.kl_weight']:g}): a warm-up rises to the weight")
+                          f"({values['train.kl_weight']:g}): a warm-up rises to the weight; "
+                          "lower train.kl_warmup_start, or set train.kl_warmup_epochs = 0")
 
 
 def _validate(name: str, value: Any, source: str) -> Any:

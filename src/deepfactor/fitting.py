@@ -392,6 +392,7 @@ def evaluate(fitted: FittedModel, test: Ratings) -> dict:
         "dataset": fitted.config["data.dataset"],
         "split": fitted.config["data.split"],
         "likelihood": name,
+        "implicit": fitted.implicit,
         "test": {**rating_metrics(name, test.rating, out["mean"], out["lpd"]),
                  "num_cold": int(cold.sum())},
         "test_warm": rating_metrics(name, test.rating[~cold], out["mean"][~cold],

@@ -181,6 +181,10 @@ def evaluate_rankings(fitted: FittedModel | Sequence[FittedModel], test: Ratings
         recommended = {u: lists[u] for u in lists if u in relevant}
         out = ranking_metrics(recommended, {u: relevant[u] for u in recommended}, k)
         out.update(threshold=threshold, num_cold_users=int(len(cold)))
+        if out["num_users"] == 0:
+            log.warning("no warm test user has a test rating >= %s: the ranking metrics are "
+                        "empty (relevance is a rating threshold; None makes every test item "
+                        "relevant)", threshold)
         log.info("ranking (threshold %s): %d users, nDCG@%d %.4f", threshold,
                  out["num_users"], k, out["ndcg_at_k"] or math.nan)
         results.append(out)

@@ -459,11 +459,20 @@ def _members(fitted: FittedModel | Sequence[FittedModel]) -> list[FittedModel]:
     if not members:
         raise ValueError("no fitted model given")
     first = members[0]
+    pairs = _pair_codes(first.seen)
     for number, member in enumerate(members[1:], start=2):
         if member.movie_ids != first.movie_ids or member.user_ids != first.user_ids:
             raise ValueError(f"fit {number} of the mixture has other movie or user ids than "
                              "fit 1: a mixture needs fits of the same training data")
+        if not np.array_equal(_pair_codes(member.seen), pairs):
+            raise ValueError(f"fit {number} of the mixture was trained on other rated pairs "
+                             "than fit 1: a mixture needs fits of the same training data")
     return members
+
+
+def _pair_codes(ratings: Ratings) -> np.ndarray:
+    """Sorted (user, movie) codes of ``ratings``' pairs, to compare two pair sets."""
+    return np.sort(ratings.user.astype(np.int64) * ratings.num_movies + ratings.movie)
 
 
 # -- titles ----------------------------------------------------------------------------------

@@ -395,7 +395,7 @@ class SVITrainer:
         # the run ended inside the warm-up: keep the last parameters, and say so
         self.result.best_epoch = len(self.result.history)
         log.warning("training ended before the KL warm-up finished; the parameters "
-                    "kept do not maximize the true ELBO")
+                    "kept do not maximize the training objective (train.kl_weight)")
 
     def _beta(self, epoch: int | None = None) -> float:
         s = self.settings
