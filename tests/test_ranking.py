@@ -224,3 +224,13 @@ def test_a_mixture_needs_fits_of_the_same_ids(fitted):
     assert redrawn.movie_ids == fitted.movie_ids and redrawn.user_ids == fitted.user_ids
     with pytest.raises(ValueError, match="fit 2 of the mixture was trained on other rated"):
         top_k_movies([fitted, redrawn], np.arange(3), 4)
+
+
+def test_a_threshold_no_test_rating_reaches_is_said(fitted, caplog):
+    from deepfactor.fitting import load_data
+
+    test = load_data(fitted.config).test
+    with caplog.at_level("WARNING", logger="deepfactor.ranking"):
+        out = evaluate_ranking(fitted, test, k=5, threshold=99.0, seed=1)
+    assert out["num_users"] == 0 and out["ndcg_at_k"] is None
+    assert "no warm test user has a test rating >= 99" in caplog.text
