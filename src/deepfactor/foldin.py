@@ -284,16 +284,14 @@ def _implicit_row(fitted: FittedModel, kind: Kind, chosen: np.ndarray) -> np.nda
     :func:`~deepfactor.implicit.implicit_cells` draws a user's zeros (seeded with
     ``train.seed``, so a fold-in is reproducible).
     """
-    from .implicit import _draw_unrated
+    from .implicit import row_zeros
 
     rows = fitted.inputs.by_movie if kind == "user" else fitted.inputs.by_user
     grid = np.flatnonzero(rows.counts > 0)
     chosen = np.unique(chosen)
-    negatives = fitted.config["data.implicit_negatives"]
-    if not negatives:
-        return np.union1d(grid, chosen)
-    count = min(len(grid) - np.isin(grid, chosen).sum(), int(round(negatives * len(chosen))))
-    zeros = _draw_unrated(grid, chosen, count, np.random.default_rng(fitted.config["train.seed"]))
+    config = fitted.config
+    zeros = row_zeros(grid, chosen, config["data.implicit_negatives"] or None,
+                      np.random.default_rng(config["train.seed"]))
     return np.union1d(zeros, chosen)
 
 

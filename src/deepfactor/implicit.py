@@ -29,7 +29,7 @@ import numpy as np
 
 from .data.ratings import Ratings
 
-__all__ = ["MAX_CELLS", "held_out_cells", "implicit_cells"]
+__all__ = ["MAX_CELLS", "held_out_cells", "implicit_cells", "row_zeros"]
 
 #: :func:`implicit_cells` refuses grids larger than this without ``negatives``.
 MAX_CELLS = 50_000_000
@@ -80,11 +80,7 @@ def implicit_cells(ratings: Ratings, *, negatives: float | None = None,
     movie_parts, user_parts, value_parts = [], [], []
     for j in users:
         rated = by_user.indices[by_user.indptr[j]:by_user.indptr[j + 1]]
-        if negatives is None:
-            unrated = movies[~np.isin(movies, rated)]  # sorted
-        else:
-            count = min(len(movies) - len(rated), int(round(negatives * len(rated))))
-            unrated = _draw_unrated(movies, rated, count, rng)
+        unrated = row_zeros(movies, rated, negatives, rng)
         movie_parts += [rated, unrated]
         value_parts += [np.ones(len(rated)), np.zeros(len(unrated))]
         user_parts.append(np.full(len(rated) + len(unrated), j, dtype=np.int64))
@@ -94,6 +90,21 @@ def implicit_cells(ratings: Ratings, *, negatives: float | None = None,
                    np.concatenate(value_parts or [np.zeros(0)]),
                    ratings.movie_ids, ratings.user_ids,
                    source=f"implicit cells of {ratings.source}")
+
+
+def row_zeros(movies: np.ndarray, rated: np.ndarray, negatives: float | None,
+              rng: np.random.Generator) -> np.ndarray:
+    """The 0 cells of one row of the grid: of ``movies`` (sorted), those not in ``rated``.
+
+    Every one (``negatives`` None), or ``round(negatives * len(rated))`` of them drawn
+    uniformly without replacement (all when there are fewer). Sorted. The rows of
+    :func:`implicit_cells` and a fold-in into an implicit fit are built by it alike.
+    """
+    free = ~np.isin(movies, rated)
+    if negatives is None:
+        return movies[free]
+    count = min(int(free.sum()), int(round(negatives * len(rated))))
+    return _draw_unrated(movies, rated, count, rng)
 
 
 def _draw_unrated(movies: np.ndarray, rated: np.ndarray, count: int,

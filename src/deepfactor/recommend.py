@@ -459,7 +459,7 @@ def _members(fitted: FittedModel | Sequence[FittedModel]) -> list[FittedModel]:
     if not members:
         raise ValueError("no fitted model given")
     first = members[0]
-    pairs = _pair_codes(first.seen)
+    pairs = _pair_codes(first.seen) if len(members) > 1 else None
     for number, member in enumerate(members[1:], start=2):
         if member.movie_ids != first.movie_ids or member.user_ids != first.user_ids:
             raise ValueError(f"fit {number} of the mixture has other movie or user ids than "

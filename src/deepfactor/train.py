@@ -367,8 +367,7 @@ class SVITrainer:
             self.loss_fn.train()
 
     def _track_best(self, score: float | None) -> None:
-        s = self.settings
-        if self.epoch <= s.kl_warmup_epochs and self._beta(self.epoch) != s.kl_weight:
+        if self._beta(self.epoch) != self.settings.kl_weight:
             return  # inside the warm-up: not yet the objective
         sign = 1.0 if self.settings.monitor == "lpd" else -1.0  # "higher is better"
         if score is None or sign * score > self.best_score:
