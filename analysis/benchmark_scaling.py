@@ -15,18 +15,22 @@ Data
     popularity and user activity, at least 20 ratings per user, MovieLens entity counts),
     drawn from a small truth model (decoder 40 tanh units on the product); no files.
 Model
-    ``models/gaussian.toml`` (its batch size, widths and encoder inputs), Normal
-    likelihood, ``Trace_ELBO``. The Pyro path is the trainer's own step
+    ``models/gaussian.toml`` (its batch size and order, widths and encoder inputs),
+    Normal likelihood, ``Trace_ELBO``. The Pyro path is the trainer's own step
     (``SVITrainer._step``: loss, backward, :class:`~deepfactor.optim.RowSparseAdam`,
-    NaN guard) on batches from :class:`~deepfactor.batching.RatingBatcher`. The plain
+    NaN guard) on batches from :class:`~deepfactor.batching.RatingBatcher`, in the
+    config's ``train.batch_order`` (blocked by default; ``--set
+    train.batch_order=random`` for the comparison); its ``movie_groups`` choice is timed
+    apart (``choose_groups_s`` in the JSON). The plain
     path copies the same decoder and encoders and writes the same estimator by hand:
     reparameterized draws, ``log q - log p`` of each latent weighted as the plates and
     ``poutine.scale`` weight them, the Normal log-likelihood times ``N / B``; same
     optimizer, same batches (batch building is timed in both).
 Simplified
-    * Each size is timed on ``--max-steps`` steps at most and the epoch time is
-      extrapolated (steps per epoch x mean step time, batch building included); the
-      output says when. Only training steps are timed: no validation, no scoring.
+    * Each size is timed on ``--max-steps`` steps at most, spread evenly over one
+      epoch's order, and the epoch time is extrapolated (steps per epoch x mean step
+      time, batch building included, plus building the epoch's order once); the output
+      says when. Only training steps are timed: no validation, no scoring.
     * The two paths are timed in interleaved blocks in one process, so that a change in
       the machine's load hits both; their ratio is the figure to read, not the absolute
       times, on a shared machine. The load average is printed before and after.
@@ -97,21 +101,32 @@ def _child(num_ratings: int, threads: int, max_steps: int, config_path: str,
     start = time.perf_counter()
     inputs = training_inputs(config, ratings, center, spread)  # with the sketch, if any
     inputs_s = time.perf_counter() - start
+    start = time.perf_counter()
     batcher = RatingBatcher(ratings, ratings.rating, inputs, config["train.batch_size"],
-                            np.random.default_rng(0))
+                            np.random.default_rng(0), order=config["train.batch_order"],
+                            movie_groups=config["train.movie_groups"])
+    batcher_s = time.perf_counter() - start  # the blocked order's choice of groups
     model, guide = build_modules(config, num_movies, num_users)
     with torch.no_grad():
         model.decoder.output_bias.fill_(center)
     loss_fn = make_elbo("trace")(model, guide)
     trainer = SVITrainer(loss_fn, batcher, dict, TrainSettings.from_config(config),
                          progress=False)
+    start = time.perf_counter()
     order = batcher.permutation()
+    order_s = time.perf_counter() - start  # once per epoch
     size = batcher.batch_size
     steps_per_epoch = len(batcher)
     timed = min(max_steps, steps_per_epoch)
+    # the timed steps are spread over the epoch (a blocked order's first batches all
+    # share one group of movies), then repeated from the start if the epoch is short
+    spread = np.linspace(0, steps_per_epoch - 1, timed).round().astype(int)
+    entities = [len(np.unique(ratings.movie[order[k * size:(k + 1) * size]]))
+                + len(np.unique(ratings.user[order[k * size:(k + 1) * size]]))
+                for k in spread]
 
     def positions(k: int) -> np.ndarray:
-        k %= steps_per_epoch
+        k = spread[k % timed]
         return order[k * size:(k + 1) * size]
 
     def pyro_step(k: int) -> None:
@@ -148,11 +163,14 @@ def _child(num_ratings: int, threads: int, max_steps: int, config_path: str,
     row = {"num_ratings": num_ratings, "num_movies": num_movies, "num_users": num_users,
            "batch_size": size, "max_inputs": config["guide.max_inputs"],
            "inputs": config["guide.inputs"], "inputs_s": inputs_s,
+           "batch_order": batcher.order, "movie_groups": batcher.movie_groups,
+           "choose_groups_s": batcher_s, "order_s": order_s,
+           "entities_per_batch": float(np.mean(entities)),
            "steps_per_epoch": steps_per_epoch, "steps_timed": timed,
            "extrapolated": timed < steps_per_epoch, "generate_s": generate_s,
            "peak_rss_gib": peak_bytes / 2**30}
     for name, total in seconds.items():
-        epoch = total / timed * steps_per_epoch
+        epoch = total / timed * steps_per_epoch + order_s
         row[f"{name}_ms_per_step"] = 1000 * total / timed
         row[f"{name}_epoch_s"] = epoch
         row[f"{name}_ratings_per_s"] = num_ratings / epoch
@@ -217,20 +235,25 @@ def _slope(rows: list[dict], key: str) -> float:
 def _report(rows: list[dict], threading: dict, load: tuple) -> dict:
     print(f"threads: {threading}")
     print(f"load average before: {load[0]}, after: {load[1]} (2 cores)")
-    head = (f"{'ratings':>11} {'movies':>7} {'users':>7} {'steps':>9} {'epoch s':>8} "
+    head = (f"{'ratings':>11} {'movies':>7} {'users':>7} {'steps':>9} {'order':>9} "
+            f"{'entities':>8} {'epoch s':>8} "
             f"{'ratings/s':>10} {'plain s':>8} {'plain r/s':>10} {'pyro/plain':>10} "
             f"{'peak GiB':>8} {'gen s':>6} {'inputs s':>8}")
     print(head)
     for r in rows:
         steps = f"{r['steps_timed']}/{r['steps_per_epoch']}"
+        order = r["batch_order"] + (f" G={r['movie_groups']}" if r["movie_groups"] else "")
         print(f"{r['num_ratings']:>11,} {r['num_movies']:>7,} {r['num_users']:>7,} "
-              f"{steps:>9} {r['pyro_epoch_s']:>8.2f} {r['pyro_ratings_per_s']:>10,.0f} "
+              f"{steps:>9} {order:>9} {r['entities_per_batch']:>8,.0f} "
+              f"{r['pyro_epoch_s']:>8.2f} {r['pyro_ratings_per_s']:>10,.0f} "
               f"{r['plain_epoch_s']:>8.2f} {r['plain_ratings_per_s']:>10,.0f} "
               f"{r['pyro_over_plain']:>10.2f} {r['peak_rss_gib']:>8.2f} {r['generate_s']:>6.1f} "
               f"{r['inputs_s']:>8.1f}")
     if any(r["extrapolated"] for r in rows):
-        print("epoch times marked steps k/n were timed on k of the epoch's n steps and "
-              "extrapolated (n x mean step time)")
+        print("epoch times marked steps k/n were timed on k of the epoch's n steps, spread "
+              "over it, and extrapolated (n x mean step time, plus building the order)")
+    print("entities: distinct movies + users per batch (what the encoders run on); "
+          "G: movie groups of the blocked order")
     slope, plain_slope = _slope(rows, "pyro_epoch_s"), _slope(rows, "plain_epoch_s")
     largest = rows[-1]
     checks = {

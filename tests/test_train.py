@@ -87,14 +87,18 @@ def test_a_warm_up_cannot_fall_to_its_weight():
         load_config(REPO / "models" / "quasipoisson.toml", ["train.kl_weight=0.005"])
 
 
-def test_a_run_stopped_mid_epoch_and_resumed_ends_like_an_unstopped_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("batch_size, order", [(128, "random"), (20, "blocks")])
+def test_a_run_stopped_mid_epoch_and_resumed_ends_like_an_unstopped_one(
+        batch_size, order, tmp_path, monkeypatch):
     config = small_config(**{"train.epochs": 5, "train.kl_warmup_epochs": 2,
-                             "train.lr_final": 0.002})
+                             "train.lr_final": 0.002, "train.batch_size": batch_size})
     straight = fit(config, progress=False)
+    # 4 steps an epoch at 128 (random: small data); 22 at 20, in blocks
+    assert straight.metrics["fit"]["batch_order"] == order
 
     step = SVITrainer._step
 
-    def signal_at_step_6(self, batch):  # epochs have 4 steps: this is inside epoch 2
+    def signal_at_step_6(self, batch):  # inside epoch 2 at 128, inside epoch 1 at 20
         if self.step == 5:
             signal.raise_signal(signal.SIGINT)
         return step(self, batch)

@@ -8,16 +8,20 @@ The full-data ELBO of the model is
         - \\sum_i KL(q(z_i) \\| p(z_i)) - \\sum_j KL(q(z_j) \\| p(z_j)),
 
 with ``i`` over movies, ``j`` over users and ``Omega`` the ``N`` observed pairs.
-A batch is a uniformly random subset ``b`` of ``B`` ratings (a slice of a random
-permutation). Scaling its likelihood terms by ``N / B`` is unbiased for the first
-sum. For the KL terms only the movies and users present in the batch are touched;
-movie ``i``, with ``n_i`` ratings in total and ``c_i`` in the batch, gets weight
+A batch ``b`` is ``B`` of the ratings, and an epoch's batches partition them
+(:mod:`deepfactor.order` says which ratings share one). Its likelihood terms are
+scaled by ``N / B``. For the KL terms only the movies and users present in the
+batch are touched; movie ``i``, with ``n_i`` ratings in total and ``c_i`` in the
+batch, gets weight
 
-.. math::  w_i = c_i N / (B n_i),  \\qquad E[c_i] = B n_i / N \\Rightarrow E[w_i] = 1,
+.. math::  w_i = c_i N / (B n_i),  \\qquad \\sum_{b \\in epoch} c_i = n_i
+    \\Rightarrow \\frac{B}{N} \\sum_{b \\in epoch} w_i = 1,
 
-so every movie's KL is counted once in expectation however popular it is (the plain
-plate scale ``M / |movies in b|`` over-counts rare movies and under-counts popular
-ones). Users are treated the same way. The weights enter model and guide alike.
+so over an epoch every movie's KL is counted once however popular it is, and a step
+drawn uniformly from the epoch is unbiased for the ELBO (for a uniformly random
+batch, ``E[c_i] = B n_i / N`` also gives ``E[w_i] = 1`` at every step). The plain
+plate scale ``M / |movies in b|`` would over-count rare movies and under-count
+popular ones. Users are treated the same way. The weights enter model and guide alike.
 
 Bounded encoder inputs. With ``max_inputs = K > 0`` a training batch encodes each of
 its entities from at most ``K`` of its ratings, drawn afresh per batch without
@@ -39,6 +43,7 @@ import numpy as np
 import torch
 
 from .data.ratings import Ratings, SparseRows
+from .order import BATCH_ORDERS, BlockedOrder
 from .sketch import DenseRows, Sketch
 from .sparse import SparseMatrix
 from .subsample import concat_ranges, sample_rows
@@ -378,10 +383,12 @@ def _every_entity_fields(inputs: EncoderInputs, movies: np.ndarray, users: np.nd
 
 
 class RatingBatcher:
-    """Epochs of minibatches: slices of a fresh random permutation of the ratings.
+    """Epochs of minibatches: slices of a fresh order of the ratings each epoch.
 
-    Each slice is marginally a uniform random subset of its size, which is what the
-    weights of :func:`make_batch` assume; the last, shorter slice uses its own size.
+    The order (:mod:`deepfactor.order`) is a uniformly random permutation, or blocks of
+    a movie group by a run of shuffled users; either way an epoch's batches partition
+    the ratings, so their weighted estimators (:func:`make_batch`) sum to ``N / B``
+    times the full-data ELBO. The last, shorter slice uses its own size.
 
     Parameters
     ----------
@@ -397,12 +404,21 @@ class RatingBatcher:
         samples were drawn: data-parallel ranks, which sample for different shards,
         keep drawing the same permutations. Both states are part of a training
         checkpoint.
+    order : {"blocks", "random"}
+        ``"blocks"`` applies only to more than :data:`SMALL_DATA_FACTOR` batches of
+        ratings; a smaller dataset encodes every entity at every step anyway, so it
+        keeps the random order (which varies less). :attr:`order` says which is used.
+    movie_groups : int
+        ``G`` of :class:`~deepfactor.order.BlockedOrder` (0: measured on the data).
     """
 
     def __init__(self, ratings: Ratings, targets: np.ndarray, inputs: EncoderInputs,
-                 batch_size: int, generator: np.random.Generator):
+                 batch_size: int, generator: np.random.Generator, order: str = "blocks",
+                 movie_groups: int = 0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if order not in BATCH_ORDERS:
+            raise ValueError(f"order must be one of {BATCH_ORDERS}, got {order!r}")
         self.ratings, self.targets, self.inputs = ratings, targets, inputs
         self.batch_size = min(batch_size, len(ratings))
         self.generator = generator
@@ -410,12 +426,22 @@ class RatingBatcher:
             type(generator.bit_generator)(generator.bit_generator.seed_seq.spawn(1)[0]))
         self._totals = (ratings.movie_counts(), ratings.user_counts())
         self.every_entity = len(ratings) <= SMALL_DATA_FACTOR * self.batch_size
+        self.order = "random" if self.every_entity else order
+        self._blocked = (BlockedOrder(ratings, self.batch_size, movie_groups)
+                         if self.order == "blocks" else None)
 
     def __len__(self) -> int:
         return -(-len(self.ratings) // self.batch_size)
 
+    @property
+    def movie_groups(self) -> int | None:
+        """``G`` of the blocked order; None for the random order."""
+        return None if self._blocked is None else self._blocked.groups
+
     def permutation(self) -> np.ndarray:
-        """A fresh random order of the ratings for one epoch; shape ``(num_ratings,)``."""
+        """A fresh order of the ratings for one epoch (:attr:`order`); shape ``(N,)``."""
+        if self._blocked is not None:
+            return self._blocked(self.generator)
         return self.generator.permutation(len(self.ratings))
 
     def epoch(self, kl_weight: float = 1.0) -> Iterator[Batch]:

@@ -144,6 +144,14 @@ KEYS: dict[str, Key] = {
     "train.lr_final": _key(0.0, float, "learning rate reached at the last epoch, decaying "
                            "geometrically (0 = constant)", _nonneg),
     "train.batch_size": _key(20_000, int, "ratings per minibatch", _pos),
+    "train.batch_order": _key("blocks", str, "which ratings share a batch: 'blocks' (a "
+                              "group of movies x a run of shuffled users: fewer entities "
+                              "to encode per step) or 'random'; a dataset of at most 16 "
+                              "batches is always random (deepfactor.order)",
+                              _choice("blocks", "random")),
+    "train.movie_groups": _key(0, int, "batch_order = 'blocks': groups the movies are "
+                               "dealt into (0 = the number whose batches touch the fewest "
+                               "entities, measured)", _nonneg),
     "train.epochs": _key(200, int, "maximum number of epochs", _pos),
     "train.kl_warmup_epochs": _key(0, int, "epochs over which the KL weight rises to "
                                    "train.kl_weight",
@@ -172,9 +180,10 @@ SECTIONS = sorted({k.split(".")[0] for k in KEYS})
 
 
 #: Keys whose default changed, with the value runs saved before the key existed had:
-#: ``guide.inputs`` arrived with sketched inputs as its default; earlier runs read
-#: sparse rows.
-EARLIER_DEFAULTS = {"guide.inputs": "sparse"}
+#: ``guide.inputs`` arrived with sketched inputs as its default (earlier runs read
+#: sparse rows), ``train.batch_order`` with blocked batches (earlier runs, on more
+#: than 16 batches of ratings, took random ones).
+EARLIER_DEFAULTS = {"guide.inputs": "sparse", "train.batch_order": "random"}
 
 
 class Config(Mapping):

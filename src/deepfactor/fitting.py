@@ -186,7 +186,9 @@ def fit(config: Config, *, data: SplitData | None = None,
 
     loss_fn = make_elbo(config["train.elbo"])(model, guide)
     batcher = RatingBatcher(fit_part, fit_part.rating, fit_inputs, config["train.batch_size"],
-                            np.random.default_rng(config["train.seed"]))
+                            np.random.default_rng(config["train.seed"]),
+                            order=config["train.batch_order"],
+                            movie_groups=config["train.movie_groups"])
 
     def validate() -> dict[str, float]:
         if len(val_part) == 0:
@@ -270,6 +272,8 @@ def _metrics(fitted: FittedModel, data: SplitData, loss_fn, batcher: RatingBatch
         "num_train_ratings": len(fitted.encoder_ratings),
         "num_fit_ratings": len(fit_part),
         "num_validation_ratings": len(val_part),
+        "batch_order": batcher.order,  # "random" on small data whatever was asked
+        "movie_groups": batcher.movie_groups,
     }
     if fitted.implicit:
         metrics["fit"]["num_rated_pairs"] = len(fitted.seen)

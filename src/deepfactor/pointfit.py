@@ -123,8 +123,9 @@ def fit_map(config: Config, train, test, *, progress: bool = False) -> PointFit:
     model.start_from(fit_part.rating)  # as fit() does
     # the batcher wants encoder inputs; the point guide never reads them
     inputs = EncoderInputs(fit_part, fit_part.rating, center, 1.0)
+    # random batches: blocks save encoder work, and this guide has no encoders
     batcher = RatingBatcher(fit_part, fit_part.rating, inputs, config["train.batch_size"],
-                            np.random.default_rng(config["train.seed"]))
+                            np.random.default_rng(config["train.seed"]), order="random")
     counts = (fit_part.movie_counts(), fit_part.user_counts())
 
     def scores(ratings) -> dict[str, np.ndarray]:
