@@ -118,15 +118,14 @@ def _child(num_ratings: int, threads: int, max_steps: int, config_path: str,
     size = batcher.batch_size
     steps_per_epoch = len(batcher)
     timed = min(max_steps, steps_per_epoch)
-    # the timed steps are spread over the epoch (a blocked order's first batches all
-    # share one group of movies), then repeated from the start if the epoch is short
-    spread = np.linspace(0, steps_per_epoch - 1, timed).round().astype(int)
+    # the timed steps are spread evenly over the epoch's order, repeated if it is short
+    timed_batches = np.linspace(0, steps_per_epoch - 1, timed).round().astype(int)
     entities = [len(np.unique(ratings.movie[order[k * size:(k + 1) * size]]))
                 + len(np.unique(ratings.user[order[k * size:(k + 1) * size]]))
-                for k in spread]
+                for k in timed_batches]
 
     def positions(k: int) -> np.ndarray:
-        k = spread[k % timed]
+        k = timed_batches[k % timed]
         return order[k * size:(k + 1) * size]
 
     def pyro_step(k: int) -> None:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from deepfactor.batching import EncoderInputs, RatingBatcher
 from deepfactor.data.ratings import IdIndex, Ratings
@@ -50,15 +51,34 @@ def test_an_epoch_visits_every_rating_once_in_blocks(groups):
             < ratings.num_users + 40
 
 
-def test_the_short_batch_comes_last():
+def test_full_batches_stay_aligned_and_the_short_batch_is_uniform():
+    """With B not dividing N: F full blocked batches at the trainer's slices, then a
+    short batch that is a uniformly random subset (each rating equally often)."""
     ratings = _movielens_like(20_000)
-    blocked = BlockedOrder(ratings, 450, movie_groups=4)  # 44 batches of 450 and one of 200
+    size = 450  # 44 full batches and a short one of 200
+    blocked = BlockedOrder(ratings, size, movie_groups=4)
     order = blocked(np.random.default_rng(2))
     np.testing.assert_array_equal(np.sort(order), np.arange(len(ratings)))
     users, group = blocked.deal(np.random.default_rng(2))
-    # the tail is the end of the sort: the last group's last users
-    tail_groups = group[ratings.movie[order[-200:]]]
-    assert np.all(tail_groups == group.max())
+    turn = np.empty(ratings.num_users, dtype=int)
+    turn[users] = np.arange(ratings.num_users)
+    key = group[ratings.movie[order]].astype(int) * ratings.num_users + turn[ratings.user[order]]
+    full = key[:44 * size].reshape(44, size)
+    assert np.all(np.diff(full, axis=1) >= 0)  # each trainer slice is one piece of the sort
+
+    # uniformity of the short batch, on data small enough to count every rating
+    cells = np.random.default_rng(4).choice(40 * 60, size=1_030, replace=False)
+    small = Ratings(cells // 60, cells % 60, np.ones(1_030), IdIndex(range(40)),
+                    IdIndex(range(60)))
+    blocked = BlockedOrder(small, 100, movie_groups=2)  # 10 full batches, 30 short
+    rng = np.random.default_rng(7)
+    epochs = 3000
+    counts = np.bincount(np.concatenate([blocked(rng)[-30:] for _ in range(epochs)]),
+                         minlength=len(small))
+    expected = epochs * 30 / len(small)  # about 87 per rating
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    # a false failure once in 10,000 runs
+    assert chi2 < stats.chi2.ppf(1 - 1e-4, len(small) - 1), chi2
 
 
 def test_the_same_generator_state_gives_the_same_order():
@@ -102,25 +122,26 @@ def _inputs(ratings):
 def test_the_batcher_keeps_random_order_on_small_data():
     ratings = _movielens_like(20_000)
     small = RatingBatcher(ratings, ratings.rating, _inputs(ratings), 5000,
-                          np.random.default_rng(0))
+                          np.random.default_rng(0), order="blocks")
     assert small.every_entity and small.order == "random" and small.movie_groups is None
     large = RatingBatcher(ratings, ratings.rating, _inputs(ratings), 500,
-                          np.random.default_rng(0), movie_groups=4)
+                          np.random.default_rng(0), order="blocks", movie_groups=4)
     assert large.order == "blocks" and large.movie_groups == 4
     plain = RatingBatcher(ratings, ratings.rating, _inputs(ratings), 500,
-                          np.random.default_rng(0), order="random")
-    assert plain.order == "random"
+                          np.random.default_rng(0))
+    assert plain.order == "random"  # the class's default; fit() passes the config's
     with pytest.raises(ValueError, match="order must be one of"):
         RatingBatcher(ratings, ratings.rating, _inputs(ratings), 500,
                       np.random.default_rng(0), order="sorted")
 
 
 def test_one_blocked_epoch_counts_every_kl_exactly_once():
-    """sum over the epoch's batches of (B / N) w_i is 1 for every entity, exactly."""
+    """sum over the epoch's batches of (B_b / N) w_i is 1 for every entity, exactly."""
     ratings = _movielens_like(20_000)
-    size = 400  # 50 batches of exactly 400: every batch has the same B
+    size = 450  # 44 batches of 450 and a short one of 200
     batcher = RatingBatcher(ratings, ratings.rating, _inputs(ratings), size,
-                            np.random.default_rng(3), movie_groups=8)
+                            np.random.default_rng(3), order="blocks", movie_groups=8)
+    assert batcher.order == "blocks"
     movie_total = np.zeros(ratings.num_movies)
     user_total = np.zeros(ratings.num_users)
     for batch in batcher.epoch():
@@ -135,18 +156,20 @@ def test_one_blocked_epoch_counts_every_kl_exactly_once():
 
 
 def test_a_blocked_epoch_averages_to_the_full_data_elbo():
-    """With the guide's draws fixed, the mean of an epoch's batch losses is the full loss.
+    """With the guide's draws all but fixed, an epoch's batch losses, weighted by their
+    sizes, average to the full loss.
 
     Every term of the minibatch estimator is linear in the ratings' and entities'
-    weights, so over a partition into equal batches the mean is the full-data value up
-    to rounding, whatever the order; a weight or a rating lost by the blocked order
-    would show as a difference far above rounding."""
+    weights, so over a partition the size-weighted mean is the full-data value up to
+    rounding (and the guide's floor on its scale), whatever the order; a weight or a
+    rating lost by the blocked order would show as a difference far above that."""
     ratings = _movielens_like(20_000)
     config = small_config(**{"model.latent_dim": 2})
     model, guide = build_modules(config, ratings.num_movies, ratings.num_users)
     inputs = _inputs(ratings)
-    batcher = RatingBatcher(ratings, ratings.rating, inputs, 400, np.random.default_rng(3),
-                            movie_groups=8)
+    batcher = RatingBatcher(ratings, ratings.rating, inputs, 450, np.random.default_rng(3),
+                            order="blocks", movie_groups=8)
+    assert batcher.order == "blocks"
     loss = __import__("pyro").infer.TraceMeanField_ELBO()(model, guide)
     # the mean-field loss with an analytic KL still samples z for the likelihood:
     # compare at the posterior mean instead, by zeroing the guide's scale
@@ -155,5 +178,31 @@ def test_a_blocked_epoch_averages_to_the_full_data_elbo():
             encoder.scale.weight.zero_()
             encoder.scale.bias.fill_(-30.0)  # softplus(-30) ~ 1e-13, plus the floor
         full = loss(batcher.full()).item()
-        epoch = np.mean([loss(batch).item() for batch in batcher.epoch()])
+        batches = list(batcher.epoch())  # 44 of 450 and one of 200
+        epoch = np.average([loss(batch).item() for batch in batches],
+                           weights=[len(batch) for batch in batches])
     assert epoch == pytest.approx(full, rel=1e-4)
+
+
+def test_groups_beyond_the_movies_are_capped():
+    ratings = _movielens_like(20_000)
+    blocked = BlockedOrder(ratings, 500, movie_groups=1)
+    _, group = blocked.deal(np.random.default_rng(0), groups=100_000)  # > 2**16 too
+    assert group.max() == ratings.num_movies - 1  # one movie a group, no wrap-around
+    assert BlockedOrder(ratings, 500, movie_groups=100_000).groups == ratings.num_movies
+
+
+def test_a_run_saved_before_batch_order_existed_reads_as_random(tmp_path):
+    """Runs saved by earlier versions took random batches; their configs lack the key."""
+    from deepfactor.checkpoint import load_checkpoint, save_checkpoint
+    from deepfactor.fitted import load
+    from deepfactor.fitting import fit
+
+    fitted = fit(small_config(), progress=False)
+    path = fitted.save(tmp_path)
+    state = load_checkpoint(path)
+    del state["config"]["train"]["batch_order"], state["config"]["train"]["movie_groups"]
+    save_checkpoint(path, state)
+    again = load(tmp_path)
+    assert again.config["train.batch_order"] == "random"
+    assert again.config["train.movie_groups"] == 0

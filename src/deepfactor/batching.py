@@ -15,11 +15,12 @@ batch are touched; movie ``i``, with ``n_i`` ratings in total and ``c_i`` in the
 batch, gets weight
 
 .. math::  w_i = c_i N / (B n_i),  \\qquad \\sum_{b \\in epoch} c_i = n_i
-    \\Rightarrow \\frac{B}{N} \\sum_{b \\in epoch} w_i = 1,
+    \\Rightarrow \\sum_{b \\in epoch} \\frac{B_b}{N} w_i = 1
 
-so over an epoch every movie's KL is counted once however popular it is, and a step
-drawn uniformly from the epoch is unbiased for the ELBO (for a uniformly random
-batch, ``E[c_i] = B n_i / N`` also gives ``E[w_i] = 1`` at every step). The plain
+(``B_b``: the size of batch ``b``, ``B`` but for a last, shorter one), so over an epoch
+every movie's KL is counted once however popular it is. For a uniformly random batch,
+``E[c_i] = B n_i / N`` gives ``E[w_i] = 1`` at every step; the blocked order keeps each
+step unbiased too (:mod:`deepfactor.order` says how). The plain
 plate scale ``M / |movies in b|`` would over-count rare movies and under-count
 popular ones. Users are treated the same way. The weights enter model and guide alike.
 
@@ -387,8 +388,9 @@ class RatingBatcher:
 
     The order (:mod:`deepfactor.order`) is a uniformly random permutation, or blocks of
     a movie group by a run of shuffled users; either way an epoch's batches partition
-    the ratings, so their weighted estimators (:func:`make_batch`) sum to ``N / B``
-    times the full-data ELBO. The last, shorter slice uses its own size.
+    the ratings, so their estimators (:func:`make_batch`), weighted by their sizes,
+    average to the full-data ELBO, and each is unbiased for it. The last, shorter slice
+    uses its own size.
 
     Parameters
     ----------
@@ -404,16 +406,18 @@ class RatingBatcher:
         samples were drawn: data-parallel ranks, which sample for different shards,
         keep drawing the same permutations. Both states are part of a training
         checkpoint.
-    order : {"blocks", "random"}
-        ``"blocks"`` applies only to more than :data:`SMALL_DATA_FACTOR` batches of
-        ratings; a smaller dataset encodes every entity at every step anyway, so it
-        keeps the random order (which varies less). :attr:`order` says which is used.
+    order : {"random", "blocks"}
+        ``"blocks"`` (what :func:`~deepfactor.fitting.fit` asks for by default, through
+        ``train.batch_order``) applies only to more than :data:`SMALL_DATA_FACTOR`
+        batches of ratings; a smaller dataset encodes every entity at every step anyway,
+        so it keeps the random order (which varies less). :attr:`order` says which is
+        used.
     movie_groups : int
         ``G`` of :class:`~deepfactor.order.BlockedOrder` (0: measured on the data).
     """
 
     def __init__(self, ratings: Ratings, targets: np.ndarray, inputs: EncoderInputs,
-                 batch_size: int, generator: np.random.Generator, order: str = "blocks",
+                 batch_size: int, generator: np.random.Generator, order: str = "random",
                  movie_groups: int = 0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")

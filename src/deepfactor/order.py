@@ -2,33 +2,43 @@
 
 A training step runs the encoders once for every distinct movie and user its batch
 touches, so what a step costs is ``O(B)`` decoder work plus ``O(entities in the batch)``
-encoder work. Which ratings share a batch does not change the objective: an epoch is a
-partition of the ``N`` ratings into batches of ``B``, and with the weights of
-:func:`~deepfactor.batching.make_batch` (likelihood ``N / B``, each entity's KL
-``c_i N / (B n_i)``, ``c_i`` its ratings in the batch) the epoch's batch estimators sum
-to ``N / B`` times the full-data ELBO whatever the partition: every rating is in exactly
-one batch, and every entity's ``c_i / n_i`` sum to one over the epoch. A step drawn
-uniformly from the epoch is therefore unbiased for the ELBO under either order below;
-the orders differ in the variance of a step and in its cost.
+encoder work. Which ratings share a batch changes that cost and the variance of a step,
+not the objective. An epoch partitions the ``N`` ratings into ``F = floor(N / B)`` full
+batches of ``B`` and, when ``B`` does not divide ``N``, one short batch of ``B' = N - F
+B``. A batch ``b`` of ``B_b`` ratings is scored by :func:`~deepfactor.batching.make_batch`
+with its likelihood times ``N / B_b`` and each entity's KL times ``c_i N / (B_b n_i)``
+(``c_i`` of its ``n_i`` ratings in the batch), so the estimates weighted by ``B_b / N``
+sum to the full-data ELBO exactly, whatever the partition (every rating is in one batch,
+and every entity's ``c_i / n_i`` sum to one). Each single step is unbiased too, under
+both orders below: its batch is a uniformly random subset of its size (``"random"``),
+or (``"blocks"``) the short batch is one and the ``k``-th of the full batches visited
+is a uniformly chosen cell of a partition of the remaining ratings. Steps within an
+epoch are dependent (sampling without replacement), as with any reshuffling.
 
 ``"random"``
-    Slices of a uniformly random permutation. Each batch is a uniform random subset of
-    ``B`` ratings. At scale nearly every rating brings its own user and many their own
-    movie: 12,400 distinct entities per batch of 10,000 on MovieLens-like data of 25
-    million ratings, so the encoders, not the decoder, are most of the work.
+    Slices of a uniformly random permutation. At scale nearly every rating brings its
+    own user and many their own movie: 12,358 distinct entities per batch of 10,000 on
+    MovieLens-like data of 25 million ratings, so the encoders, not the decoder, are
+    most of the work.
 
 ``"blocks"``
-    Each epoch, the movies are dealt at random into ``G`` groups of equal size and the
-    users are shuffled; the ratings are sorted by the group of their movie, then by the
-    user's place in the shuffle, and sliced into batches of ``B``, which are visited in
-    random order (so that consecutive steps do not all come from one group). A batch is then the
-    ratings of a few hundred consecutive users on one group of movies: its users are
-    few, and its movies are at most a ``1 / G`` share of them. ``G = 1`` is batching by
-    user (each user in one batch per epoch, the movies of every batch as numerous as
-    ever); a large ``G`` moves the cost from movies to users. The cost of a batch is
-    lowest in between, and :meth:`BlockedOrder.choose_groups` measures it on the data. Each
-    batch is drawn from fewer entities, so a step's estimate varies more than a random
-    batch's: the README measures what that does to held-out accuracy.
+    Each epoch, the short batch (if any) is drawn first, uniformly at random, and
+    visited last. The other ratings are blocked: the movies are dealt at random into
+    ``G`` groups of equal numbers of movies, the users are shuffled, the ratings are
+    sorted by the group of their movie, then by the user's position in the shuffle, and
+    cut into the ``F`` full batches, which are visited in random order. A batch is then
+    mostly the ratings of a few hundred consecutive users on one group of movies (a
+    batch that straddles two groups holds two such runs): its users are few and its
+    movies mostly a ``1 / G`` share. ``G = 1`` is batching by user (each user in one
+    batch per epoch, but for users cut at a batch boundary, and the movies of every
+    batch as numerous as ever); a large ``G`` moves the cost from movies to users. The
+    cost of a batch is lowest in between, and :meth:`BlockedOrder.choose_groups`
+    measures it on the data. Shuffling the visits is what makes each step a uniformly
+    chosen batch (without it, step ``k`` would always come from the same stretch of the
+    sort, and one group's batches would run consecutively). The price is variance:
+    whole (user, movie group) cells enter a batch together, as in cluster sampling, so a
+    step's estimate varies more than a random batch's; the README measures what that
+    does to held-out accuracy.
 
 Both orders are linear in ``N`` to build (no comparison sort: the blocked one is a
 gather of users' rating ranges and a stable radix sort on 16-bit group labels).
@@ -49,7 +59,7 @@ log = logging.getLogger(__name__)
 
 BATCH_ORDERS = ("random", "blocks")
 
-#: Largest number of movie groups :func:`choose_movie_groups` tries (a power of two).
+#: Largest number of movie groups :meth:`BlockedOrder.choose_groups` tries (a power of two).
 MAX_MOVIE_GROUPS = 1024
 #: Batches of each candidate order whose distinct entities are counted.
 SAMPLED_BATCHES = 16
@@ -87,34 +97,41 @@ class BlockedOrder:
     def __call__(self, generator: np.random.Generator, groups: int | None = None
                  ) -> np.ndarray:
         """One epoch's order, a permutation of ``range(N)`` (shape ``(N,)``), with
-        ``groups`` movie groups (default :attr:`groups`)."""
+        ``groups`` movie groups (default :attr:`groups`).
+
+        The first ``F B`` entries are the ``F`` full batches, each a slice of the blocked
+        sort, in random order; the last ``N - F B`` the short batch, a uniformly random
+        subset of the ratings (module docstring)."""
         users, group = self.deal(generator, groups)
+        n, size = len(self.ratings), self.batch_size
+        full = n // size
+        short = generator.choice(n, size=n - full * size, replace=False)  # (B',)
+        outside = np.ones(n, dtype=bool)
+        outside[short] = False
         positions = self._by_user[concat_ranges(self._user_start[users],
                                                 self._user_count[users])]
+        positions = positions[outside[positions]]  # (F B,): users in shuffled order
         # a stable sort keeps the users' shuffled order inside each group; on 16-bit
         # keys numpy's stable sort is a radix sort, linear in N
         blocked = positions[np.argsort(group[self.ratings.movie[positions]], kind="stable")]
-        # then the full batches are visited in random order (the short one stays last,
-        # where the trainer's slicing expects it): consecutive steps come from different
-        # groups, instead of one group's batches in a row
-        size = self.batch_size
-        full = len(blocked) // size
-        batches = generator.permutation(full)
-        head = blocked[: full * size].reshape(full, size)[batches].reshape(-1)
-        return np.concatenate([head, blocked[full * size:]])
+        visits = generator.permutation(full)  # the k-th step: a uniformly chosen batch
+        return np.concatenate([blocked.reshape(full, size)[visits].reshape(-1), short])
 
     def deal(self, generator: np.random.Generator, groups: int | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
-        """The epoch's random draws, as :meth:`__call__` makes them from ``generator``.
+        """The epoch's first random draws, as :meth:`__call__` makes them from ``generator``.
 
         Returns
         -------
         users : ndarray of int, shape (num_users,)
             The users in visiting order.
         group : ndarray of uint16, shape (num_movies,)
-            Each movie's group, ``0 .. groups - 1``, the groups of equal size (+-1).
+            Each movie's group, ``0 .. groups - 1`` (``groups`` capped at the number
+            of movies), the groups of equal numbers of movies (+-1).
         """
-        groups = self.groups if groups is None else groups
+        groups = min(self.groups if groups is None else groups, self._max_groups)
+        if groups < 1:
+            raise ValueError(f"groups must be at least 1, got {groups}")
         users = generator.permutation(len(self._user_count))
         dealt = generator.permutation(self.ratings.num_movies)  # movie -> place in the deal
         return users, (dealt % groups).astype(np.uint16)
