@@ -163,7 +163,8 @@ def _child(num_ratings: int, threads: int, max_steps: int, config_path: str,
            "batch_size": size, "max_inputs": config["guide.max_inputs"],
            "inputs": config["guide.inputs"], "inputs_s": inputs_s,
            "batch_order": batcher.order, "movie_groups": batcher.movie_groups,
-           "choose_groups_s": batcher_s, "order_s": order_s,
+           "choose_groups_s": batcher_s if batcher.movie_groups else None,
+           "order_s": order_s, "small_data": batcher.every_entity,
            "entities_per_batch": float(np.mean(entities)),
            "steps_per_epoch": steps_per_epoch, "steps_timed": timed,
            "extrapolated": timed < steps_per_epoch, "generate_s": generate_s,
@@ -241,7 +242,8 @@ def _report(rows: list[dict], threading: dict, load: tuple) -> dict:
     print(head)
     for r in rows:
         steps = f"{r['steps_timed']}/{r['steps_per_epoch']}"
-        order = r["batch_order"] + (f" G={r['movie_groups']}" if r["movie_groups"] else "")
+        order = r["batch_order"] + (f" G={r['movie_groups']}" if r["movie_groups"] else
+                                     " (small)" if r["small_data"] else "")
         print(f"{r['num_ratings']:>11,} {r['num_movies']:>7,} {r['num_users']:>7,} "
               f"{steps:>9} {order:>9} {r['entities_per_batch']:>8,.0f} "
               f"{r['pyro_epoch_s']:>8.2f} {r['pyro_ratings_per_s']:>10,.0f} "
@@ -252,7 +254,8 @@ def _report(rows: list[dict], threading: dict, load: tuple) -> dict:
         print("epoch times marked steps k/n were timed on k of the epoch's n steps, spread "
               "over it, and extrapolated (n x mean step time, plus building the order)")
     print("entities: distinct movies + users per batch (what the encoders run on); "
-          "G: movie groups of the blocked order")
+          "G: movie groups of the blocked order; (small): at most 16 batches, random "
+          "whatever was asked")
     slope, plain_slope = _slope(rows, "pyro_epoch_s"), _slope(rows, "plain_epoch_s")
     largest = rows[-1]
     checks = {

@@ -206,3 +206,10 @@ def test_a_run_saved_before_batch_order_existed_reads_as_random(tmp_path):
     again = load(tmp_path)
     assert again.config["train.batch_order"] == "random"
     assert again.config["train.movie_groups"] == 0
+
+
+def test_more_groups_than_a_label_holds_is_a_config_error():
+    from deepfactor.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.movie_groups.*between 0 and 65536"):
+        small_config(**{"train.movie_groups": 2**16 + 1})

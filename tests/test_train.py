@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -168,3 +169,23 @@ def test_cli_sigint_saves_and_resume_matches_an_uninterrupted_run(tmp_path):
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())
     b = json.loads((run / "metrics.json").read_text())
     assert b["test"] == a["test"] and b["fit"]["epochs"] == a["fit"]["epochs"]
+
+
+def test_the_epoch_loss_weighs_each_step_by_its_batch_size(monkeypatch):
+    """A short last batch counts for its ratings, not as much as a full one."""
+    steps = []
+    original = SVITrainer._step
+
+    def spy(self, batch):
+        loss = original(self, batch)
+        steps.append((self.epoch, loss, len(batch)))
+        return loss
+
+    monkeypatch.setattr(SVITrainer, "_step", spy)
+    fitted = fit(small_config(**{"train.epochs": 2, "train.batch_size": 100}), progress=False)
+    for row in fitted.history:
+        mine = [(loss, size) for epoch, loss, size in steps if epoch == row["epoch"] - 1]
+        losses, sizes = zip(*mine)
+        assert len(set(sizes)) == 2  # full batches of 100 and a shorter last one
+        assert row["loss"] == pytest.approx(np.average(losses, weights=sizes), rel=1e-12)
+        assert row["loss"] != pytest.approx(np.mean(losses), rel=1e-6)

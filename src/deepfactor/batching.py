@@ -37,6 +37,7 @@ objective this optimizes is said in :mod:`deepfactor.guide`.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -50,6 +51,8 @@ from .sparse import SparseMatrix
 from .subsample import concat_ranges, sample_rows
 
 __all__ = ["SparseBag", "Batch", "EncoderInputs", "RatingBatcher", "make_batch"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
@@ -431,6 +434,10 @@ class RatingBatcher:
         self._totals = (ratings.movie_counts(), ratings.user_counts())
         self.every_entity = len(ratings) <= SMALL_DATA_FACTOR * self.batch_size
         self.order = "random" if self.every_entity else order
+        if self.order != order:
+            log.info("random batches: %d ratings are at most %d batches of %d, where every "
+                     "entity is encoded at every step, so blocks would save nothing",
+                     len(ratings), SMALL_DATA_FACTOR, self.batch_size)
         self._blocked = (BlockedOrder(ratings, self.batch_size, movie_groups)
                          if self.order == "blocks" else None)
 

@@ -312,9 +312,11 @@ def _summary(metrics: dict, label: str) -> str:
             f"{'-' if c is None else f'{c:.4f}':>{w}}" for c, w in zip(cells, (12, 13, 10))))
     if "fit" in metrics:
         fit = metrics["fit"]
+        order = fit.get("batch_order")  # absent from runs saved before it was recorded
+        groups = f", {fit['movie_groups']} movie groups" if fit.get("movie_groups") else ""
         lines.append(f"fit: {fit['seconds']:.1f} s, {fit['epochs']} epochs (kept "
                      f"{fit['best_epoch']}), ELBO {fit['final_elbo_per_rating']:.4f} nats "
-                     "per rating")
+                     "per rating" + (f"; {order} batches{groups}" if order else ""))
     return "\n".join(lines)
 
 

@@ -151,7 +151,9 @@ KEYS: dict[str, Key] = {
                               _choice("blocks", "random")),
     "train.movie_groups": _key(0, int, "batch_order = 'blocks': groups the movies are "
                                "dealt into (0 = the number whose batches touch the fewest "
-                               "entities, measured)", _nonneg),
+                               "entities, measured; more groups than movies are capped at "
+                               "the movies)",
+                               (lambda v: 0 <= v <= 2**16, "between 0 and 65536")),
     "train.epochs": _key(200, int, "maximum number of epochs", _pos),
     "train.kl_warmup_epochs": _key(0, int, "epochs over which the KL weight rises to "
                                    "train.kl_weight",

@@ -91,6 +91,9 @@ class BlockedOrder:
         self._user_count = counts  # (num_users,)
         self._user_start = np.cumsum(counts) - counts  # (num_users,)
         self._max_groups = min(max(ratings.num_movies, 1), 2**16)
+        if movie_groups > self._max_groups:
+            log.info("movie_groups %d capped at %d, the number of movies", movie_groups,
+                     self._max_groups)
         self.groups = (min(movie_groups, self._max_groups) if movie_groups
                        else self.choose_groups(seed))
 

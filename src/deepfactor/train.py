@@ -98,8 +98,9 @@ class TrainResult:
     Attributes
     ----------
     history : list of dict
-        One row per epoch: ``epoch``, ``kl_weight``, ``lr``, ``loss`` (mean of the
-        epoch's minibatch estimates of -ELBO, nats), ``loss_per_rating``, ``seconds``
+        One row per epoch: ``epoch``, ``kl_weight``, ``lr``, ``loss`` (the
+        epoch's minibatch estimates of -ELBO, nats, averaged with weights proportional
+        to their batch sizes, so that a short last batch counts for its ratings), ``loss_per_rating``, ``seconds``
         and the validation scores (``val_lpd``, ``val_rmse``, ...).
     best_epoch : int
         Epoch whose parameters were kept (1-based).
@@ -179,7 +180,8 @@ class SVITrainer:
         self.result = TrainResult()
         self.epoch, self.step = 0, 0  # completed epochs; steps taken
         self.order: np.ndarray | None = None  # the current epoch's permutation
-        self.position, self.epoch_losses = 0, []  # within the current epoch
+        # within the current epoch: each step's loss and its batch's size
+        self.position, self.epoch_losses, self.epoch_sizes = 0, [], []
         self.best_score, self.best_state, self.since_best = -math.inf, None, 0
         self.elapsed = 0.0  # seconds of training before this process (resumed runs)
         self._start = time.perf_counter()  # reset when run() starts
@@ -195,6 +197,7 @@ class SVITrainer:
             "schedule": self.schedule.state_dict(), "epoch": self.epoch, "step": self.step,
             "order": None if self.order is None else torch.from_numpy(self.order),
             "position": self.position, "epoch_losses": list(self.epoch_losses),
+            "epoch_sizes": list(self.epoch_sizes),
             "best_score": self.best_score, "best_state": self.best_state,
             "since_best": self.since_best, "history": self.result.history,
             "best_epoch": self.result.best_epoch, "elapsed": self._seconds(),
@@ -210,6 +213,10 @@ class SVITrainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.order = None if state["order"] is None else state["order"].numpy()
         self.position, self.epoch_losses = state["position"], list(state["epoch_losses"])
+        # checkpoints written before sizes were kept: the steps before a mid-epoch stop
+        # were full batches (the short one is always last)
+        self.epoch_sizes = list(state.get("epoch_sizes",
+                                          [self.batcher.batch_size] * len(self.epoch_losses)))
         self.best_score, self.best_state = state["best_score"], state["best_state"]
         self.since_best = state["since_best"]
         self.result.history, self.result.best_epoch = state["history"], state["best_epoch"]
@@ -265,6 +272,7 @@ class SVITrainer:
                 self.epoch_losses.append(self._step(self.batcher.batch(positions, beta)))
             else:
                 self.epoch_losses.append(self._shard_step(positions, beta))
+            self.epoch_sizes.append(len(positions))
             self.position += len(positions)
 
     def _step(self, batch: Batch) -> float:
@@ -329,7 +337,8 @@ class SVITrainer:
 
     def _end_epoch(self, bar) -> None:
         self.epoch += 1
-        beta, losses = self._beta(self.epoch), self.epoch_losses
+        beta = self._beta(self.epoch)
+        loss = float(np.average(self.epoch_losses, weights=self.epoch_sizes))
         scores, seconds = self._validate()
         recorded = self._record()
         bad = [k for k, v in scores.items() if not math.isfinite(v)]
@@ -337,14 +346,13 @@ class SVITrainer:
             raise TrainingDiverged(f"the validation {bad[0]} is {scores[bad[0]]} after epoch "
                                    f"{self.epoch} (step {self.step}); try a smaller train.lr")
         row = {"epoch": self.epoch, "kl_weight": beta, "lr": self.schedule.get_last_lr()[0],
-               "loss": float(np.mean(losses)),
-               "loss_per_rating": float(np.mean(losses)) / len(self.batcher.ratings),
+               "loss": loss, "loss_per_rating": loss / len(self.batcher.ratings),
                "seconds": seconds, **{f"val_{k}": v for k, v in scores.items()},
                **recorded}
         self.result.history.append(row)
         self._track_best(scores.get(self.settings.monitor))
         self.schedule.step()
-        self.order, self.position, self.epoch_losses = None, 0, []
+        self.order, self.position, self.epoch_losses, self.epoch_sizes = None, 0, [], []
 
         score = scores.get(self.settings.monitor)  # None when there is no validation set
         bar.update(1)
