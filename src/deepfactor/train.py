@@ -98,10 +98,11 @@ class TrainResult:
     Attributes
     ----------
     history : list of dict
-        One row per epoch: ``epoch``, ``kl_weight``, ``lr``, ``loss`` (the
-        epoch's minibatch estimates of -ELBO, nats, averaged with weights proportional
-        to their batch sizes, so that a short last batch counts for its ratings), ``loss_per_rating``, ``seconds``
-        and the validation scores (``val_lpd``, ``val_rmse``, ...).
+        One row per epoch: ``epoch``, ``kl_weight``, ``lr``, ``loss`` (the epoch's
+        minibatch estimates of -ELBO, nats, averaged with weights proportional to their
+        batch sizes, so that a short last batch counts for its ratings),
+        ``loss_per_rating``, ``seconds`` and the validation scores (``val_lpd``,
+        ``val_rmse``, ...).
     best_epoch : int
         Epoch whose parameters were kept (1-based).
     stop_reason : str
@@ -180,8 +181,7 @@ class SVITrainer:
         self.result = TrainResult()
         self.epoch, self.step = 0, 0  # completed epochs; steps taken
         self.order: np.ndarray | None = None  # the current epoch's permutation
-        # within the current epoch: each step's loss and its batch's size
-        self.position, self.epoch_losses, self.epoch_sizes = 0, [], []
+        self.position, self.epoch_losses = 0, []  # within the current epoch
         self.best_score, self.best_state, self.since_best = -math.inf, None, 0
         self.elapsed = 0.0  # seconds of training before this process (resumed runs)
         self._start = time.perf_counter()  # reset when run() starts
@@ -197,7 +197,6 @@ class SVITrainer:
             "schedule": self.schedule.state_dict(), "epoch": self.epoch, "step": self.step,
             "order": None if self.order is None else torch.from_numpy(self.order),
             "position": self.position, "epoch_losses": list(self.epoch_losses),
-            "epoch_sizes": list(self.epoch_sizes),
             "best_score": self.best_score, "best_state": self.best_state,
             "since_best": self.since_best, "history": self.result.history,
             "best_epoch": self.result.best_epoch, "elapsed": self._seconds(),
@@ -213,10 +212,6 @@ class SVITrainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.order = None if state["order"] is None else state["order"].numpy()
         self.position, self.epoch_losses = state["position"], list(state["epoch_losses"])
-        # checkpoints written before sizes were kept: the steps before a mid-epoch stop
-        # were full batches (the short one is always last)
-        self.epoch_sizes = list(state.get("epoch_sizes",
-                                          [self.batcher.batch_size] * len(self.epoch_losses)))
         self.best_score, self.best_state = state["best_score"], state["best_state"]
         self.since_best = state["since_best"]
         self.result.history, self.result.best_epoch = state["history"], state["best_epoch"]
@@ -272,7 +267,6 @@ class SVITrainer:
                 self.epoch_losses.append(self._step(self.batcher.batch(positions, beta)))
             else:
                 self.epoch_losses.append(self._shard_step(positions, beta))
-            self.epoch_sizes.append(len(positions))
             self.position += len(positions)
 
     def _step(self, batch: Batch) -> float:
@@ -338,7 +332,10 @@ class SVITrainer:
     def _end_epoch(self, bar) -> None:
         self.epoch += 1
         beta = self._beta(self.epoch)
-        loss = float(np.average(self.epoch_losses, weights=self.epoch_sizes))
+        # every batch is full but the last, which holds the rest of the N ratings
+        sizes = np.full(len(self.epoch_losses), self.batcher.batch_size)
+        sizes[-1] = len(self.batcher.ratings) - self.batcher.batch_size * (len(sizes) - 1)
+        loss = float(np.average(self.epoch_losses, weights=sizes))
         scores, seconds = self._validate()
         recorded = self._record()
         bad = [k for k, v in scores.items() if not math.isfinite(v)]
@@ -352,7 +349,7 @@ class SVITrainer:
         self.result.history.append(row)
         self._track_best(scores.get(self.settings.monitor))
         self.schedule.step()
-        self.order, self.position, self.epoch_losses, self.epoch_sizes = None, 0, [], []
+        self.order, self.position, self.epoch_losses = None, 0, []
 
         score = scores.get(self.settings.monitor)  # None when there is no validation set
         bar.update(1)
