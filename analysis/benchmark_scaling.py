@@ -199,7 +199,7 @@ class _PlainELBO(nn.Module):
     def _latent(self, encoder, bag, rows, entities, entity_scale, num_entities):
         loc, scale = encoder(bag)  # (E, D) each
         if rows is not None:  # a bag of every entity (small data): the batch's rows
-            loc, scale = loc[rows], scale[rows]
+            loc, scale = loc.index_select(0, rows), scale.index_select(0, rows)
         z = loc + scale * torch.randn_like(loc)
         log_ratio = (_normal_log_prob(z, loc, scale)
                      - _normal_log_prob(z, torch.zeros_like(z), torch.ones_like(z)))
@@ -213,7 +213,8 @@ class _PlainELBO(nn.Module):
                                          batch.movie_scale, self.num_movies)
         z_user, kl_user = self._latent(self.user_encoder, batch.user_bag, batch.user_rows,
                                        batch.users, batch.user_scale, self.num_users)
-        eta = self.decoder(z_movie[batch.movie_local], z_user[batch.user_local])  # (B,)
+        eta = self.decoder(z_movie.index_select(0, batch.movie_local),  # (B,), as the model
+                           z_user.index_select(0, batch.user_local))
         log_lik = _normal_log_prob(batch.target, eta, self.log_sigma.exp()).sum()
         return kl_movie + kl_user - log_lik * (batch.num_ratings / len(batch))
 

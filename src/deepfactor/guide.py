@@ -161,4 +161,6 @@ class AmortizedGuide(PyroModule):
 def _rows(loc_scale: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor | None):
     """The batch's rows of an encoder output over every entity (None: already those)."""
     loc, scale = loc_scale
-    return (loc, scale) if rows is None else (loc[rows], scale[rows])
+    if rows is None:
+        return loc, scale
+    return loc.index_select(0, rows), scale.index_select(0, rows)  # a fixed-order gradient

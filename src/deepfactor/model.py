@@ -145,7 +145,9 @@ class MatrixFactorization(PyroModule):
 
         # One eta per observed pair; gathers index from the right so that a leading
         # sample dimension passes through.
-        eta = self.decoder(z_movie[..., batch.movie_local, :],  # (..., B, total_dim)
-                           z_user[..., batch.user_local, :])
+        # index_select, not z[..., local, :]: its gradient is summed in a fixed order
+        # (fancy indexing adds atomically on several threads, so runs differed)
+        eta = self.decoder(z_movie.index_select(-2, batch.movie_local),  # (..., B, total_dim)
+                           z_user.index_select(-2, batch.user_local))
         with pyro.plate("ratings", batch.num_ratings, subsample=batch.rating_index, dim=-1):
             return pyro.sample("rating", self.likelihood.distribution(eta), obs=batch.target)
