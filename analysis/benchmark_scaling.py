@@ -81,7 +81,7 @@ def _child(num_ratings: int, threads: int, max_steps: int, config_path: str,
     from deepfactor.fitting import training_inputs
     from deepfactor.optim import RowSparseAdam
     from deepfactor.synthetic import movielens_shape, simulate_movielens
-    from deepfactor.train import SVITrainer, TrainSettings, make_elbo
+    from deepfactor.train import SVITrainer, TrainSettings, make_elbo, training_precision
 
     torch.set_num_threads(threads)
     pyro.settings.set(module_local_params=True)
@@ -141,7 +141,9 @@ def _child(num_ratings: int, threads: int, max_steps: int, config_path: str,
     def plain_step(k: int) -> None:
         batch = batcher.batch(positions(k))
         plain_opt.zero_grad()
-        plain(batch).backward()
+        with training_precision(config["train.precision"]):  # as the trainer's step
+            loss = plain(batch)
+        loss.backward()
         plain_opt.step()
 
     plain_step(0)
@@ -163,6 +165,7 @@ def _child(num_ratings: int, threads: int, max_steps: int, config_path: str,
            "batch_size": size, "max_inputs": config["guide.max_inputs"],
            "inputs": config["guide.inputs"], "inputs_s": inputs_s,
            "batch_order": batcher.order, "movie_groups": batcher.movie_groups,
+           "precision": config["train.precision"],
            "choose_groups_s": batcher_s if batcher.movie_groups else None,
            "order_s": order_s, "small_data": batcher.every_entity,
            "entities_per_batch": float(np.mean(entities)),
@@ -223,7 +226,9 @@ def _threading() -> dict:
     return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "torch_num_threads": torch.get_num_threads(),
-            "torch_interop_threads": torch.get_num_interop_threads()}
+            "torch_interop_threads": torch.get_num_interop_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bfloat16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
 
 
 def _slope(rows: list[dict], key: str) -> float:
@@ -236,6 +241,8 @@ def _slope(rows: list[dict], key: str) -> float:
 def _report(rows: list[dict], threading: dict, load: tuple) -> dict:
     print(f"threads: {threading}")
     print(f"load average before: {load[0]}, after: {load[1]} (2 cores)")
+    print(f"train.precision: {rows[0]['precision']} (both paths), batch size "
+          f"{rows[0]['batch_size']}")
     head = (f"{'ratings':>11} {'movies':>7} {'users':>7} {'steps':>9} {'order':>9} "
             f"{'entities':>8} {'epoch s':>8} "
             f"{'ratings/s':>10} {'plain s':>8} {'plain r/s':>10} {'pyro/plain':>10} "

@@ -88,11 +88,14 @@ def test_a_warm_up_cannot_fall_to_its_weight():
         load_config(REPO / "models" / "quasipoisson.toml", ["train.kl_weight=0.005"])
 
 
-@pytest.mark.parametrize("batch_size, order", [(128, "random"), (20, "blocks")])
+@pytest.mark.parametrize("batch_size, order, precision", [(128, "random", "float32"),
+                                                         (20, "blocks", "float32"),
+                                                         (20, "blocks", "bfloat16")])
 def test_a_run_stopped_mid_epoch_and_resumed_ends_like_an_unstopped_one(
-        batch_size, order, tmp_path, monkeypatch):
+        batch_size, order, precision, tmp_path, monkeypatch):
     config = small_config(**{"train.epochs": 5, "train.kl_warmup_epochs": 2,
-                             "train.lr_final": 0.002, "train.batch_size": batch_size})
+                             "train.lr_final": 0.002, "train.batch_size": batch_size,
+                             "train.precision": precision})
     straight = fit(config, progress=False)
     # 4 steps an epoch at 128 (random: small data); 22 at 20, in blocks
     assert straight.metrics["fit"]["batch_order"] == order

@@ -172,6 +172,11 @@ KEYS: dict[str, Key] = {
     "train.checkpoint_every": _key(0, int, "write a resumable checkpoint every this many "
                                    "epochs (0 = only at the end and on SIGINT/SIGTERM)",
                                    _nonneg),
+    "train.precision": _key("float32", str, "arithmetic of the training steps' hidden "
+                            "layers: 'float32', or 'bfloat16' (mixed precision under "
+                            "torch.autocast; parameters, likelihood, KL and every "
+                            "evaluation stay float32; faster only on CPUs with native "
+                            "bfloat16)", _choice("float32", "bfloat16")),
     "train.seed": _key(0, int, "seed of every random draw"),
     "train.num_threads": _key(0, int, "torch threads (0 = torch's default)", _nonneg),
     # eval

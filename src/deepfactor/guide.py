@@ -117,9 +117,11 @@ class Encoder(nn.Module):
         weight = F.embedding(bag.columns, self.first, sparse=sparse)  # (C, width)
         a = bag.matrix.matmul(weight)  # (E, width): pooled P_k + v_k V_k
         a = a + self.evidence * torch.log1p(bag.counts).unsqueeze(-1) + self.first_bias
-        h = self.body(torch.tanh(a))  # (E, hidden[-1])
-        loc = self.loc(h)
-        scale = F.softplus(self.scale(h)) + _MIN_SCALE
+        h = self.body(torch.tanh(a))  # (E, hidden[-1]); bfloat16 under train.precision
+        with torch.autocast(h.device.type, enabled=False):  # loc and scale in float32
+            h = h.float()
+            loc = self.loc(h)
+            scale = F.softplus(self.scale(h)) + _MIN_SCALE
 
         # Cold-start entities have read nothing: their posterior is the prior.
         cold = (bag.counts == 0).unsqueeze(-1)

@@ -83,7 +83,12 @@ class Decoder(nn.Module):
         features = zm * zu
         if self.inputs == "product+latents":
             features = torch.cat([features, zm, zu], dim=-1)  # (..., 3D)
-        eta = self.net(features).squeeze(-1)  # (...)
+        *hidden_layers, output = self.net
+        h = features
+        for layer in hidden_layers:
+            h = layer(h)  # (..., width); bfloat16 under train.precision = "bfloat16"
+        with torch.autocast(h.device.type, enabled=False):  # eta in float32 regardless
+            eta = output(h.float()).squeeze(-1)  # (...)
         if self.bias_latent:
             eta = eta + z_movie[..., d] + z_user[..., d]
         return eta

@@ -69,8 +69,13 @@ class SparseMatrix:
         return int(self.csr.values().shape[0])
 
     def matmul(self, weight: torch.Tensor) -> torch.Tensor:
-        """``X @ weight`` for ``weight`` of shape (num_cols, width); (num_rows, width)."""
-        return _SparseMatmul.apply(weight, self)
+        """``X @ weight`` for ``weight`` of shape (num_cols, width); (num_rows, width).
+
+        Always in float32, under ``train.precision = "bfloat16"`` too: torch has no
+        bfloat16 kernel for sparse CSR products on the CPU.
+        """
+        with torch.autocast(weight.device.type, enabled=False):
+            return _SparseMatmul.apply(weight.float(), self)
 
 
 class _SparseMatmul(torch.autograd.Function):

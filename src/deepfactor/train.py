@@ -31,6 +31,7 @@ caught signal, are shared so that every rank stops after the same step or epoch.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -85,6 +86,7 @@ class TrainSettings:
     kl_weight: float = 1.0
     time_limit: float = 0.0
     checkpoint_every: int = 0
+    precision: str = "float32"
 
     @classmethod
     def from_config(cls, config) -> TrainSettings:
@@ -113,6 +115,26 @@ class TrainResult:
     best_epoch: int = 0
     stop_reason: str = ""
     seconds: float = 0.0
+
+
+def training_precision(precision: str) -> contextlib.AbstractContextManager:
+    """The context a training step's forward pass runs in (``train.precision``).
+
+    ``"float32"``: none. ``"bfloat16"``: :func:`torch.autocast` on the CPU, so the
+    matrix products of the decoder's and encoders' hidden layers (and the activations
+    that follow them) compute in bfloat16. The modules return ``eta``, ``loc`` and
+    ``scale`` in float32 (:class:`~deepfactor.model.Decoder`,
+    :class:`~deepfactor.guide.Encoder`), so the parameters, the latent draws, the
+    likelihood and the KL terms all stay float32; so do validation, the final ELBO and
+    every prediction, which run outside this context. Backward follows the forward's
+    dtypes. It pays only where the CPU multiplies bfloat16 natively (AVX512-BF16 or
+    AMX); elsewhere it is emulated and slower.
+    """
+    if precision == "float32":
+        return contextlib.nullcontext()
+    if precision == "bfloat16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    raise ValueError(f"train.precision must be 'float32' or 'bfloat16', got {precision!r}")
 
 
 def make_elbo(kind: str) -> pyro.infer.ELBO:
@@ -169,6 +191,9 @@ class SVITrainer:
         if settings.kl_weight < 1.0:
             log.info("train.kl_weight = %g: training maximizes a tempered bound, not the "
                      "ELBO", settings.kl_weight)
+        if settings.precision == "bfloat16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            log.warning("train.precision = 'bfloat16' on a CPU without native bfloat16 "
+                        "arithmetic: it is emulated, and likely slower than float32")
         self.is_main = world is None or world.is_main
         self.checkpoint = checkpoint if self.is_main else None
         self.progress = progress and self.is_main
@@ -272,7 +297,8 @@ class SVITrainer:
     def _step(self, batch: Batch) -> float:
         self.step += 1
         self.optimizer.zero_grad()
-        loss = self.loss_fn(batch)
+        with training_precision(self.settings.precision):
+            loss = self.loss_fn(batch)
         if not torch.isfinite(loss):
             site = _first_nonfinite_site(self.loss_fn, batch)
             raise TrainingDiverged(
@@ -293,8 +319,9 @@ class SVITrainer:
         """
         self.step += 1
         self.optimizer.zero_grad()
-        loss, batch = distributed.shard_loss(self.loss_fn, self.batcher, positions, beta,
-                                             self.world)
+        with training_precision(self.settings.precision):
+            loss, batch = distributed.shard_loss(self.loss_fn, self.batcher, positions,
+                                                 beta, self.world)
         mine = 0.0 if loss is None else loss.item()
         if loss is not None and math.isfinite(mine):
             loss.backward()

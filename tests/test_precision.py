@@ -1,0 +1,101 @@
+"""train.precision = "bfloat16": mixed precision inside the training steps, nothing else."""
+
+import contextlib
+
+import numpy as np
+import pyro
+import pytest
+import torch
+
+from deepfactor.batching import EncoderInputs, make_batch
+from deepfactor.config import ConfigError
+from deepfactor.data.ratings import IdIndex, Ratings
+from deepfactor.fitted import build_modules
+from deepfactor.fitting import fit
+from deepfactor.train import make_elbo, training_precision
+
+from conftest import small_config
+
+#: bfloat16 keeps 8 significant bits: unit roundoff 2^-8 (float32: 2^-24).
+U_BF16 = 2.0**-8
+
+
+def _problem(inputs="sketch", seed=0):
+    rng = np.random.default_rng(seed)
+    num_movies, num_users, num_ratings = 30, 25, 300
+    cells = rng.choice(num_movies * num_users, size=num_ratings, replace=False)
+    values = rng.integers(1, 6, num_ratings).astype(float)
+    ratings = Ratings(cells // num_users, cells % num_users, values,
+                      IdIndex(range(num_movies)), IdIndex(range(num_users)))
+    config = small_config(**{"guide.inputs": inputs, "guide.sketch_dim": 8,
+                             "model.latent_dim": 4, "model.decoder_hidden": [32],
+                             "guide.encoder_hidden": [32, 16],
+                             "model.decoder_inputs": "product+latents"})
+    model, guide = build_modules(config, num_movies, num_users)
+    if inputs == "sketch":
+        from deepfactor.fitting import training_inputs
+
+        encoder_inputs = training_inputs(config, ratings, float(values.mean()), 1.0)
+    else:
+        encoder_inputs = EncoderInputs(ratings, values, float(values.mean()), 1.0)
+    batch = make_batch(ratings, values, rng.permutation(num_ratings)[:120], encoder_inputs)
+    return model, guide, batch
+
+
+def test_float32_adds_no_context_and_unknown_precisions_are_refused():
+    assert isinstance(training_precision("float32"), contextlib.nullcontext)
+    with pytest.raises(ValueError, match="'float32' or 'bfloat16', got 'float16'"):
+        training_precision("float16")
+    with pytest.raises(ConfigError, match="train.precision"):
+        small_config(**{"train.precision": "half"})
+
+
+@pytest.mark.parametrize("inputs", ["sketch", "sparse"])
+def test_hidden_layers_run_in_bfloat16_and_every_output_is_float32(inputs):
+    model, guide, batch = _problem(inputs)
+    seen = {}
+    hooks = [module.register_forward_hook(
+        lambda m, args, out, name=name: seen.__setitem__(name, out.dtype))
+        for name, module in [("decoder hidden", model.decoder.net[0]),
+                             ("encoder hidden", guide.movie_encoder.body[0])]]
+    with training_precision("bfloat16"):
+        loc, scale = guide.movie_encoder(batch.movie_bag)
+        z = torch.zeros(len(batch), model.total_dim)
+        eta = model.decoder(z, z)
+    for hook in hooks:
+        hook.remove()
+    assert seen == {"decoder hidden": torch.bfloat16, "encoder hidden": torch.bfloat16}
+    assert loc.dtype == scale.dtype == eta.dtype == torch.float32
+
+
+def test_a_bfloat16_loss_is_the_float32_loss_up_to_bfloat16_rounding():
+    """Same parameters, same noise: the two losses differ by rounding alone.
+
+    Each rating's term passes a few bfloat16 roundings (inputs, weights, products and
+    the activation, each off by at most ``u = 2^-8`` relative), so its relative error is
+    a few ``u`` at most; the sum over ratings and entities cannot be off by more, and
+    since the errors have both signs it is usually far less. It must not be zero either:
+    that would mean the context changed nothing."""
+    model, guide, batch = _problem()
+    loss_fn = make_elbo("trace")(model, guide)
+    losses = {}
+    for precision in ("float32", "bfloat16"):
+        pyro.set_rng_seed(7)
+        with torch.no_grad(), training_precision(precision):
+            losses[precision] = loss_fn(batch).item()
+    relative = abs(losses["bfloat16"] - losses["float32"]) / abs(losses["float32"])
+    assert 0 < relative < 4 * U_BF16
+
+
+def test_a_bfloat16_fit_keeps_float32_parameters_and_repeats_exactly():
+    config = small_config(**{"train.precision": "bfloat16", "train.epochs": 3})
+    first, second = fit(config, progress=False), fit(config, progress=False)
+    for module in (first.model, first.guide):
+        assert {p.dtype for p in module.parameters()} == {torch.float32}
+    for key, value in first.model.state_dict().items():
+        torch.testing.assert_close(second.model.state_dict()[key], value, rtol=0, atol=0)
+    assert first.metrics["test"] == second.metrics["test"]
+    # and it is a different computation from float32's, not a relabelled one
+    plain = fit(config.replace(**{"train.precision": "float32"}), progress=False)
+    assert plain.metrics["test"] != first.metrics["test"]
+
