@@ -87,6 +87,14 @@ GRID: dict[str, tuple[str, list[str]]] = {
     "poisson_kl0.36": ("poisson.toml", ["train.kl_weight=0.36"]),
     "poisson_kl0.6": ("poisson.toml", ["train.kl_weight=0.6"]),
     "ordinal_d10": ("ordinal.toml", ["model.latent_dim=10"]),
+    # Bias latents with their own standard-normal prior (issue 9's list), beside the
+    # shipped D = 20 rather than in place of dimensions as d5_bias did; and deeper
+    # encoders ("richer encoders"); and the wider encoder, the best Normal row, for
+    # the ordinal family.
+    "bias": ("gaussian.toml", ["model.bias_latent=true"]),
+    "ordinal_bias": ("ordinal.toml", ["model.bias_latent=true"]),
+    "encoder256x2": ("gaussian.toml", ["guide.encoder_hidden=[256, 256]"]),
+    "ordinal_encoder512": ("ordinal.toml", ["guide.encoder_hidden=[512]"]),
     "ordinal_sparse": ("ordinal.toml", ["guide.inputs=sparse"]),
 }
 QUICK_ROWS = ["base", "ordinal"]
