@@ -225,12 +225,14 @@ class _PlainELBO(nn.Module):
 
 
 def _threading() -> dict:
+    from deepfactor.train import native_bfloat16
+
     return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "torch_num_threads": torch.get_num_threads(),
             "torch_interop_threads": torch.get_num_interop_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bfloat16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+            "native_bfloat16": native_bfloat16()}
 
 
 def _slope(rows: list[dict], key: str) -> float:

@@ -73,8 +73,9 @@ def test_a_bfloat16_loss_is_the_float32_loss_up_to_bfloat16_rounding():
 
     Each rating's term passes a few bfloat16 roundings (inputs, weights, products and
     the activation, each off by at most ``u = 2^-8`` relative), so its relative error is
-    a few ``u`` at most; the sum over ratings and entities cannot be off by more, and
-    since the errors have both signs it is usually far less. It must not be zero either:
+    a few ``u`` at most. The log-likelihood terms, all of one sign, dominate the sum,
+    so its relative error is no larger, and since the errors have both signs it is
+    usually far less. It must not be zero either:
     that would mean the context changed nothing."""
     model, guide, batch = _problem()
     loss_fn = make_elbo("trace")(model, guide)
@@ -99,3 +100,17 @@ def test_a_bfloat16_fit_keeps_float32_parameters_and_repeats_exactly():
     plain = fit(config.replace(**{"train.precision": "float32"}), progress=False)
     assert plain.metrics["test"] != first.metrics["test"]
 
+
+def test_bfloat16_without_native_support_is_warned_about(monkeypatch, caplog):
+    import deepfactor.train as train
+
+    config = small_config(**{"train.precision": "bfloat16", "train.epochs": 1})
+    monkeypatch.setattr(train, "native_bfloat16", lambda: False)
+    with caplog.at_level("WARNING", logger="deepfactor.train"):
+        fit(config, progress=False)
+    assert "without native bfloat16" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(train, "native_bfloat16", lambda: None)  # unknown: no warning
+    with caplog.at_level("WARNING", logger="deepfactor.train"):
+        fit(config, progress=False)
+    assert "without native bfloat16" not in caplog.text

@@ -137,6 +137,18 @@ def training_precision(precision: str) -> contextlib.AbstractContextManager:
     raise ValueError(f"train.precision must be 'float32' or 'bfloat16', got {precision!r}")
 
 
+def native_bfloat16() -> bool | None:
+    """Whether this CPU multiplies bfloat16 natively (oneDNN's check); None if unknown.
+
+    The check is a private torch function, so its absence is not an error.
+    """
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return None if check is None else bool(check())
+    except RuntimeError:  # an operator torch declares but this build lacks
+        return None
+
+
 def make_elbo(kind: str) -> pyro.infer.ELBO:
     """``trace`` -> Trace_ELBO; ``meanfield`` -> TraceMeanField_ELBO (analytic KL)."""
     if kind == "trace":
@@ -191,7 +203,7 @@ class SVITrainer:
         if settings.kl_weight < 1.0:
             log.info("train.kl_weight = %g: training maximizes a tempered bound, not the "
                      "ELBO", settings.kl_weight)
-        if settings.precision == "bfloat16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        if settings.precision == "bfloat16" and native_bfloat16() is False:
             log.warning("train.precision = 'bfloat16' on a CPU without native bfloat16 "
                         "arithmetic: it is emulated, and likely slower than float32")
         self.is_main = world is None or world.is_main
