@@ -225,7 +225,7 @@ class _PlainELBO(nn.Module):
 
 
 def _threading() -> dict:
-    from deepfactor.train import native_bfloat16
+    from deepfactor.reproducibility import native_bfloat16
 
     return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
@@ -235,9 +235,9 @@ def _threading() -> dict:
             "native_bfloat16": native_bfloat16()}
 
 
-def _slope(rows: list[dict], key: str) -> float:
+def _slope(rows: list[dict], key: str) -> float | None:
     if len(rows) < 2:
-        return float("nan")
+        return None  # null in the JSON: one size has no slope
     x = np.log([r["num_ratings"] for r in rows])
     return float(np.polyfit(x, np.log([r[key] for r in rows]), 1)[0])
 
@@ -287,7 +287,9 @@ def _report(rows: list[dict], threading: dict, load: tuple) -> dict:
     if near_100k:
         e = near_100k[0]["pyro_epoch_s"]
         checks["epoch_s_100k"] = (e, e < TARGETS["epoch_s_100k"])
-    print(f"slope of log(epoch s) on log(ratings): Pyro {slope:.3f}, plain {plain_slope:.3f}")
+    if len(rows) > 1:
+        print(f"slope of log(epoch s) on log(ratings): Pyro {slope:.3f}, "
+              f"plain {plain_slope:.3f}")
     for name, (value, ok) in checks.items():
         print(f"  {name:<24} {value:>12.3f}  target {TARGETS[name]:<9g} "
               f"{'met' if ok else 'NOT met'}")

@@ -19,8 +19,8 @@ Model
     the first half, and each row's overrides; seed ``--seed``.
 Output
     One row per setting: held-out RMSE and lpd, the final ELBO per fit rating, the
-    kept epoch, the whole fit's seconds and the training seconds per epoch, and each
-    figure's ratio to the shipped row's. ``large_settings.csv`` / ``.md`` under ``--out``.
+    kept epoch, the whole fit's seconds and the training seconds per epoch; the RMSE
+    and the seconds per epoch as ratios to the shipped row's, the lpd as a difference. ``large_settings.csv`` / ``.md`` under ``--out``.
 Simplified
     One seed and one data size; the learning-rate schedule is the shipped one whatever
     the batch size (a batch of 40,000 takes a quarter of the steps). Times are one run's

@@ -10,7 +10,7 @@ from importlib import metadata
 import pyro
 import torch
 
-__all__ = ["set_seed", "configure_threads", "environment"]
+__all__ = ["set_seed", "configure_threads", "environment", "native_bfloat16"]
 
 
 def set_seed(seed: int) -> None:
@@ -22,6 +22,24 @@ def configure_threads(num_threads: int) -> None:
     """Use ``num_threads`` torch threads; 0 leaves torch's default."""
     if num_threads:
         torch.set_num_threads(num_threads)
+
+
+def native_bfloat16() -> bool | None:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX tiles).
+
+    None where torch cannot tell: not an x86 CPU, or a torch without the (private)
+    checks. ``train.precision = "bfloat16"`` pays only where this is True.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    checks = [getattr(torch.cpu, name, None)
+              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(check is None for check in checks):
+        return None
+    try:
+        return any(bool(check()) for check in checks)
+    except RuntimeError:
+        return None
 
 
 def environment() -> dict:
@@ -37,5 +55,7 @@ def environment() -> dict:
         "platform": platform.platform(),
         "packages": packages,
         "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # SIMD torch uses
+        "native_bfloat16": native_bfloat16(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }

@@ -53,9 +53,10 @@ from . import distributed
 from .batching import Batch, RatingBatcher
 from .distributed import World
 from .optim import RowSparseAdam
+from .reproducibility import native_bfloat16
 
 __all__ = ["TrainingDiverged", "TrainingInterrupted", "TrainSettings", "TrainResult",
-           "SVITrainer", "kl_weight", "make_elbo"]
+           "SVITrainer", "kl_weight", "make_elbo", "training_precision"]
 
 log = logging.getLogger(__name__)
 
@@ -121,32 +122,25 @@ def training_precision(precision: str) -> contextlib.AbstractContextManager:
     """The context a training step's forward pass runs in (``train.precision``).
 
     ``"float32"``: none. ``"bfloat16"``: :func:`torch.autocast` on the CPU, so the
-    matrix products of the decoder's and encoders' hidden layers (and the activations
-    that follow them) compute in bfloat16. The modules return ``eta``, ``loc`` and
-    ``scale`` in float32 (:class:`~deepfactor.model.Decoder`,
+    dense matrix products of the model and guide compute in bfloat16: the decoder's
+    hidden layers and their activations; in the encoders, the product of the sketched
+    inputs with the first layer (the sum that follows promotes back to float32, so the
+    first ``tanh`` is float32) and any further hidden layers. Sparse inputs' CSR
+    product has no bfloat16 kernel and stays float32
+    (:meth:`~deepfactor.sparse.SparseMatrix.matmul`). The modules return ``eta``,
+    ``loc`` and ``scale`` in float32 (:class:`~deepfactor.model.Decoder`,
     :class:`~deepfactor.guide.Encoder`), so the parameters, the latent draws, the
     likelihood and the KL terms all stay float32; so do validation, the final ELBO and
     every prediction, which run outside this context. Backward follows the forward's
     dtypes. It pays only where the CPU multiplies bfloat16 natively (AVX512-BF16 or
-    AMX); elsewhere it is emulated and slower.
+    AMX, :func:`~deepfactor.reproducibility.native_bfloat16`); elsewhere it is
+    emulated and slower.
     """
     if precision == "float32":
         return contextlib.nullcontext()
     if precision == "bfloat16":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     raise ValueError(f"train.precision must be 'float32' or 'bfloat16', got {precision!r}")
-
-
-def native_bfloat16() -> bool | None:
-    """Whether this CPU multiplies bfloat16 natively (oneDNN's check); None if unknown.
-
-    The check is a private torch function, so its absence is not an error.
-    """
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    try:
-        return None if check is None else bool(check())
-    except RuntimeError:  # an operator torch declares but this build lacks
-        return None
 
 
 def make_elbo(kind: str) -> pyro.infer.ELBO:
@@ -203,10 +197,11 @@ class SVITrainer:
         if settings.kl_weight < 1.0:
             log.info("train.kl_weight = %g: training maximizes a tempered bound, not the "
                      "ELBO", settings.kl_weight)
-        if settings.precision == "bfloat16" and native_bfloat16() is False:
-            log.warning("train.precision = 'bfloat16' on a CPU without native bfloat16 "
-                        "arithmetic: it is emulated, and likely slower than float32")
         self.is_main = world is None or world.is_main
+        if settings.precision == "bfloat16" and self.is_main and native_bfloat16() is False:
+            log.warning("train.precision = 'bfloat16' on a CPU without native bfloat16 "
+                        "arithmetic (AVX512-BF16 or AMX): it is emulated, and likely slower "
+                        "than float32")
         self.checkpoint = checkpoint if self.is_main else None
         self.progress = progress and self.is_main
         self.record = record if self.is_main else None
@@ -312,7 +307,8 @@ class SVITrainer:
         with training_precision(self.settings.precision):
             loss = self.loss_fn(batch)
         if not torch.isfinite(loss):
-            site = _first_nonfinite_site(self.loss_fn, batch)
+            with training_precision(self.settings.precision):  # as the step computed it
+                site = _first_nonfinite_site(self.loss_fn, batch)
             raise TrainingDiverged(
                 f"the loss is {loss.item()} at step {self.step} (epoch {self.epoch + 1})"
                 f"{f', first at site {site!r}' if site else ''}; try a smaller train.lr")
@@ -344,8 +340,9 @@ class SVITrainer:
         if sigint or sigterm:
             self._agreed_signal = signal.SIGINT if sigint else signal.SIGTERM
         if not math.isfinite(total):
-            site = (_first_nonfinite_site(self.loss_fn, batch)
-                    if batch is not None and not math.isfinite(mine) else None)
+            with training_precision(self.settings.precision):  # as the step computed it
+                site = (_first_nonfinite_site(self.loss_fn, batch)
+                        if batch is not None and not math.isfinite(mine) else None)
             raise TrainingDiverged(
                 f"the loss is {total} at step {self.step} (epoch {self.epoch + 1})"
                 f"{f', first at site {site!r}' if site else ''}; try a smaller train.lr")
