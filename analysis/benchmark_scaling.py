@@ -244,7 +244,7 @@ def _slope(rows: list[dict], key: str) -> float | None:
 
 def _report(rows: list[dict], threading: dict, load: tuple) -> dict:
     print(f"threads: {threading}")
-    print(f"load average before: {load[0]}, after: {load[1]} (2 cores)")
+    print(f"load average before: {load[0]:.2f}, after: {load[1]:.2f} (2 cores)")
     print(f"train.precision: {rows[0]['precision']} (both paths), batch size "
           f"{rows[-1]['batch_size']}")
     head = (f"{'ratings':>11} {'movies':>7} {'users':>7} {'steps':>9} {'order':>9} "
@@ -290,6 +290,9 @@ def _report(rows: list[dict], threading: dict, load: tuple) -> dict:
     if len(rows) > 1:
         print(f"slope of log(epoch s) on log(ratings): Pyro {slope:.3f}, "
               f"plain {plain_slope:.3f}")
+    if largest["num_ratings"] < 25_000_000:
+        print(f"(the targets are set for 25,000,000 ratings; the largest size here is "
+              f"{largest['num_ratings']:,})")
     for name, (value, ok) in checks.items():
         print(f"  {name:<24} {value:>12.3f}  target {TARGETS[name]:<9g} "
               f"{'met' if ok else 'NOT met'}")

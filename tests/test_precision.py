@@ -123,6 +123,7 @@ def test_every_sample_site_gradient_and_optimizer_state_stays_float32(inputs):
 def test_a_bfloat16_fit_repeats_exactly_and_differs_from_float32():
     config = small_config(**{"train.precision": "bfloat16", "train.epochs": 3})
     first, second = fit(config, progress=False), fit(config, progress=False)
+    assert first.metrics["fit"]["precision"] == "bfloat16"
     for key, value in first.model.state_dict().items():
         torch.testing.assert_close(second.model.state_dict()[key], value, rtol=0, atol=0)
     assert first.metrics["test"] == second.metrics["test"]

@@ -314,9 +314,10 @@ def _summary(metrics: dict, label: str) -> str:
         fit = metrics["fit"]
         order = fit.get("batch_order")  # absent from runs saved before it was recorded
         groups = f", {fit['movie_groups']} movie groups" if fit.get("movie_groups") else ""
+        mixed = ", bfloat16 steps" if fit.get("precision") == "bfloat16" else ""
         lines.append(f"fit: {fit['seconds']:.1f} s, {fit['epochs']} epochs (kept "
                      f"{fit['best_epoch']}), ELBO {fit['final_elbo_per_rating']:.4f} nats "
-                     "per rating" + (f"; {order} batches{groups}" if order else ""))
+                     "per rating" + (f"; {order} batches{groups}{mixed}" if order else ""))
     return "\n".join(lines)
 
 

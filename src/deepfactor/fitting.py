@@ -274,6 +274,7 @@ def _metrics(fitted: FittedModel, data: SplitData, loss_fn, batcher: RatingBatch
         "num_validation_ratings": len(val_part),
         "batch_order": batcher.order,  # "random" on small data whatever was asked
         "movie_groups": batcher.movie_groups,
+        "precision": fitted.config["train.precision"],  # of the training steps only
     }
     if fitted.implicit:
         metrics["fit"]["num_rated_pairs"] = len(fitted.seen)
