@@ -57,6 +57,7 @@ ROWS = {
 
 def write_ratings(path, num_ratings: int, seed: int) -> float:
     """Simulate MovieLens-like ratings into ``path`` (CSV); returns the noise sd."""
+    from deepfactor.checkpoint import write_text
     from deepfactor.config import load_config
     from deepfactor.fitted import build_modules
     from deepfactor.reproducibility import set_seed
@@ -69,8 +70,6 @@ def write_ratings(path, num_ratings: int, seed: int) -> float:
     ratings, _ = simulate_movielens(model, num_ratings, seed=seed, output_bias=3.5)
     frame = pd.DataFrame({"user": ratings.user + 1, "movie": ratings.movie + 1,  # raw ids
                           "rating": ratings.rating.round(4)})
-    from deepfactor.checkpoint import write_text
-
     write_text(path, frame.to_csv(index=False))
     return float(model.likelihood.sigma.detach())
 
@@ -88,7 +87,7 @@ def main() -> None:
     folder = out_dir(args)
     csv = folder / "ratings.csv"
     noise_sd = write_ratings(csv, args.ratings, args.seed)
-    epochs = args.epochs
+    epochs = args.epochs  # the warm-up takes the first half
     print(f"{args.ratings:,} MovieLens-like ratings in {csv}; noise sd {noise_sd} "
           f"(the best possible RMSE); {epochs} epochs, torch threads: {args.threads}")
 
