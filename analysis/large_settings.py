@@ -20,7 +20,8 @@ Model
 Output
     One row per setting: held-out RMSE and lpd, the final ELBO per fit rating, the
     kept epoch, the whole fit's seconds and the training seconds per epoch; the RMSE
-    and the seconds per epoch as ratios to the shipped row's, the lpd as a difference. ``large_settings.csv`` / ``.md`` under ``--out``.
+    and the seconds per epoch as ratios to the shipped row's, the lpd as a difference;
+    ``large_settings.csv`` / ``.md`` under ``--out``.
 Simplified
     One seed and one data size; the learning-rate schedule is the shipped one whatever
     the batch size (a batch of 40,000 takes a quarter of the steps). Times are one run's
