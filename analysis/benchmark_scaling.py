@@ -82,6 +82,7 @@ def _child(num_ratings: int, threads: int, max_steps: int, config_path: str,
     from deepfactor.fitted import build_modules
     from deepfactor.fitting import training_inputs
     from deepfactor.optim import RowSparseAdam
+    from deepfactor.order import distinct_entities
     from deepfactor.synthetic import movielens_shape, simulate_movielens
     from deepfactor.train import SVITrainer, TrainSettings, make_elbo, training_precision
 
@@ -122,9 +123,7 @@ def _child(num_ratings: int, threads: int, max_steps: int, config_path: str,
     timed = min(max_steps, steps_per_epoch)
     # the timed steps are spread evenly over the epoch's order, repeated if it is short
     timed_batches = np.linspace(0, steps_per_epoch - 1, timed).round().astype(int)
-    entities = [len(np.unique(ratings.movie[order[k * size:(k + 1) * size]]))
-                + len(np.unique(ratings.user[order[k * size:(k + 1) * size]]))
-                for k in timed_batches]
+    entities = distinct_entities(ratings, order, size, timed_batches)
 
     def positions(k: int) -> np.ndarray:
         k = timed_batches[k % timed]
@@ -170,7 +169,7 @@ def _child(num_ratings: int, threads: int, max_steps: int, config_path: str,
            "precision": config["train.precision"],
            "choose_groups_s": batcher_s if batcher.movie_groups else None,
            "order_s": order_s, "small_data": batcher.every_entity,
-           "entities_per_batch": float(np.mean(entities)),
+           "entities_per_batch": entities,
            "steps_per_epoch": steps_per_epoch, "steps_timed": timed,
            "extrapolated": timed < steps_per_epoch, "generate_s": generate_s,
            "peak_rss_gib": peak_bytes / 2**30}

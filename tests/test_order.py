@@ -8,7 +8,7 @@ from scipy import stats
 from deepfactor.batching import EncoderInputs, RatingBatcher
 from deepfactor.data.ratings import IdIndex, Ratings
 from deepfactor.fitted import build_modules
-from deepfactor.order import BlockedOrder
+from deepfactor.order import BlockedOrder, distinct_entities
 from deepfactor.synthetic import movielens_shape, sample_movielens_pattern
 
 from conftest import small_config
@@ -95,9 +95,9 @@ def test_blocked_batches_touch_far_fewer_entities_than_random_ones():
     blocked = BlockedOrder(ratings, size)  # groups measured on the data
     batches = np.arange(len(ratings) // size)
     rng = np.random.default_rng(0)
-    random = blocked.distinct_entities(rng.permutation(len(ratings)), batches)
-    ours = blocked.distinct_entities(blocked(rng), batches)
-    by_user = blocked.distinct_entities(blocked(rng, 1), batches)
+    random = distinct_entities(ratings, rng.permutation(len(ratings)), size, batches)
+    ours = distinct_entities(ratings, blocked(rng), size, batches)
+    by_user = distinct_entities(ratings, blocked(rng, 1), size, batches)
     assert blocked.groups > 1
     # measured 0.37 and 0.66 of the random count at this seed; each batch mean is over
     # 60 batches whose counts vary by a few percent, so these margins are not noise

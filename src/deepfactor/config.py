@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .order import BATCH_ORDERS
+
 import tomli_w
 
 __all__ = ["Config", "ConfigError", "KEYS", "check_value", "load_config"]
@@ -148,7 +150,7 @@ KEYS: dict[str, Key] = {
                               "group of movies x a run of shuffled users: fewer entities "
                               "to encode per step) or 'random'; a dataset of at most 16 "
                               "batches is always random (deepfactor.order)",
-                              _choice("blocks", "random")),
+                              _choice(*BATCH_ORDERS)),
     "train.movie_groups": _key(0, int, "batch_order = 'blocks': groups the movies are "
                                "dealt into (0 = the number whose batches touch the fewest "
                                "entities, measured; more groups than movies are capped at "

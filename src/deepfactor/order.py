@@ -53,7 +53,7 @@ import numpy as np
 from .data.ratings import Ratings
 from .subsample import concat_ranges
 
-__all__ = ["BATCH_ORDERS", "BlockedOrder"]
+__all__ = ["BATCH_ORDERS", "BlockedOrder", "distinct_entities"]
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +139,6 @@ class BlockedOrder:
         dealt = generator.permutation(self.ratings.num_movies)  # movie -> place in the deal
         return users, (dealt % groups).astype(np.uint16)
 
-    def distinct_entities(self, order: np.ndarray, batches: np.ndarray) -> float:
-        """Mean number of distinct movies plus users over the given batches of ``order``."""
-        movie, user, size = self.ratings.movie, self.ratings.user, self.batch_size
-        total = 0
-        for k in batches:
-            positions = order[k * size:(k + 1) * size]
-            total += len(np.unique(movie[positions])) + len(np.unique(user[positions]))
-        return total / len(batches)
-
     def choose_groups(self, seed: int = 0) -> int:
         """The ``G`` whose batches touch the fewest entities, measured on the data.
 
@@ -165,7 +156,8 @@ class BlockedOrder:
                              replace=False)
         best_groups, best_cost, worse, groups = 1, np.inf, 0, 1
         while groups <= min(MAX_MOVIE_GROUPS, self._max_groups) and worse < 2:
-            cost = self.distinct_entities(self(rng, groups), sampled)
+            cost = distinct_entities(self.ratings, self(rng, groups), self.batch_size,
+                                     sampled)
             log.debug("movie groups %d: %.0f distinct entities per batch", groups, cost)
             if cost < best_cost:
                 best_groups, best_cost, worse = groups, cost, 0
@@ -175,3 +167,15 @@ class BlockedOrder:
         log.info("blocked batches: %d movie groups (%.0f distinct entities per batch of %d)",
                  best_groups, best_cost, self.batch_size)
         return best_groups
+
+
+def distinct_entities(ratings: Ratings, order: np.ndarray, batch_size: int,
+                      batches: np.ndarray) -> float:
+    """Mean number of distinct movies plus users over the given batches of ``order``
+    (batch ``k`` is ``order[k B:(k + 1) B]``): what those steps' encoders run on."""
+    total = 0
+    for k in batches:
+        positions = order[k * batch_size:(k + 1) * batch_size]
+        total += (len(np.unique(ratings.movie[positions]))
+                  + len(np.unique(ratings.user[positions])))
+    return total / len(batches)
