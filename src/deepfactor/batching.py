@@ -50,7 +50,8 @@ from .sketch import DenseRows, Sketch
 from .sparse import SparseMatrix
 from .subsample import concat_ranges, sample_rows
 
-__all__ = ["SparseBag", "Batch", "EncoderInputs", "RatingBatcher", "make_batch"]
+__all__ = ["SparseBag", "Batch", "EncoderInputs", "RatingBatcher", "make_batch",
+           "distinct_sorted"]
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +305,23 @@ class Batch:
         return Batch(**{**self.__dict__, "target": None})
 
 
+def distinct_sorted(ids: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(ids, return_inverse=True)`` for ids in ``[0, len(scratch))``, unsorted.
+
+    Returns the distinct ids, ascending, shape ``(E,)``, and each entry's position among
+    them, shape ``(len(ids),)``, in ``O(len(ids) + E log E)`` instead of a sort of
+    ``ids``. ``scratch`` (int64, one slot per possible id, contents ignored) is
+    overwritten at ``ids`` only, so one array serves every batch: allocating it per call
+    costs page faults that dominate when the ids range over millions.
+    """
+    ids = np.asarray(ids)
+    entry = np.arange(len(ids))
+    scratch[ids] = entry  # one entry per id survives, whichever
+    distinct = np.sort(ids[scratch[ids] == entry])  # (E,)
+    scratch[distinct] = np.arange(len(distinct))
+    return distinct, scratch[ids]
+
+
 def _entity_weights(local: np.ndarray, entities: np.ndarray, totals: np.ndarray,
                     num_entities: int, batch_size: int, num_ratings: int) -> np.ndarray:
     """``w_i * len(entities) / num_entities`` for each batch entity; see module docstring."""
@@ -323,6 +341,7 @@ def make_batch(
     generator: np.random.Generator | None = None,
     every_entity: bool = False,
     drawn_for: tuple[np.ndarray, np.ndarray] | None = None,
+    scratch: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Batch:
     """The batch of ``ratings`` at ``positions``, weighted for the ELBO over all of ``ratings``.
 
@@ -345,12 +364,17 @@ def make_batch(
     drawn_for : (movies, users), optional
         Sorted supersets of the batch's movies and users (a data-parallel rank's global
         batch) whose input subsets are drawn; see :meth:`EncoderInputs.movie_bag`.
+    scratch : (ndarray, ndarray), optional
+        int64 arrays of ``num_movies`` and ``num_users`` slots for
+        :func:`distinct_sorted`, reused across batches; allocated when omitted.
     """
     movie_counts, user_counts = totals or (ratings.movie_counts(), ratings.user_counts())
     movies_drawn, users_drawn = drawn_for if drawn_for is not None else (None, None)
     movie_of, user_of = ratings.movie[positions], ratings.user[positions]
-    movies, movie_local = np.unique(movie_of, return_inverse=True)
-    users, user_local = np.unique(user_of, return_inverse=True)
+    movie_scratch, user_scratch = scratch or (np.empty(ratings.num_movies, dtype=np.int64),
+                                              np.empty(ratings.num_users, dtype=np.int64))
+    movies, movie_local = distinct_sorted(movie_of, movie_scratch)
+    users, user_local = distinct_sorted(user_of, user_scratch)
     n, b = len(ratings), len(positions)
     movie_scale = _entity_weights(movie_local, movies, movie_counts, ratings.num_movies, b, n)
     user_scale = _entity_weights(user_local, users, user_counts, ratings.num_users, b, n)
@@ -432,6 +456,9 @@ class RatingBatcher:
         self.input_generator = np.random.Generator(
             type(generator.bit_generator)(generator.bit_generator.seed_seq.spawn(1)[0]))
         self._totals = (ratings.movie_counts(), ratings.user_counts())
+        # distinct_sorted's scratch, one slot per movie and per user: O(entities), once
+        self._scratch = (np.empty(ratings.num_movies, dtype=np.int64),
+                         np.empty(ratings.num_users, dtype=np.int64))
         self.every_entity = len(ratings) <= SMALL_DATA_FACTOR * self.batch_size
         self.order = "random" if self.every_entity else order
         if self.order != order:
@@ -468,9 +495,15 @@ class RatingBatcher:
         return make_batch(self.ratings, self.targets, positions, self.inputs,
                           kl_weight=kl_weight, totals=self._totals,
                           generator=self.input_generator,
-                          every_entity=self.every_entity, drawn_for=drawn_for)
+                          every_entity=self.every_entity, drawn_for=drawn_for,
+                          scratch=self._scratch)
+
+    def distinct(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct movies and users, ascending, of the ratings at ``positions``."""
+        return (distinct_sorted(self.ratings.movie[positions], self._scratch[0])[0],
+                distinct_sorted(self.ratings.user[positions], self._scratch[1])[0])
 
     def full(self) -> Batch:
         """All ratings in one batch: every weight is exactly 1, every input read."""
         return make_batch(self.ratings, self.targets, np.arange(len(self.ratings)),
-                          self.inputs, totals=self._totals)
+                          self.inputs, totals=self._totals, scratch=self._scratch)

@@ -223,8 +223,7 @@ def shard_loss(loss_fn: torch.nn.Module, batcher, positions: np.ndarray, kl_weig
     batch : Batch or None
         The shard's batch.
     """
-    ratings = batcher.ratings
-    movies, users = np.unique(ratings.movie[positions]), np.unique(ratings.user[positions])
+    movies, users = batcher.distinct(positions)
     mine = shard(positions, world)
     if len(mine) == 0:
         every = batcher.batch(positions, kl_weight)
