@@ -27,7 +27,9 @@ Model
     ``poutine.scale`` weight them, the Normal log-likelihood times ``N / B``; same
     optimizer, same batches (batch building is timed in both), and the same
     ``train.precision`` (``--set train.precision=bfloat16`` runs both paths' forward
-    passes under :func:`deepfactor.train.training_precision`).
+    passes under :func:`deepfactor.train.training_precision`) and the same
+    ``train.compile`` (both call :func:`deepfactor.train.compile_decoder`'s decoder;
+    its compilation falls in the two warm-up steps, timed apart as ``warmup_s``).
 Simplified
     * Each size is timed on ``--max-steps`` steps at most, spread evenly over one
       epoch's order, and the epoch time is extrapolated (steps per epoch x mean step
@@ -84,7 +86,8 @@ def _child(num_ratings: int, threads: int, max_steps: int, config_path: str,
     from deepfactor.optim import RowSparseAdam
     from deepfactor.order import distinct_entities
     from deepfactor.synthetic import movielens_shape, simulate_movielens
-    from deepfactor.train import SVITrainer, TrainSettings, make_elbo, training_precision
+    from deepfactor.train import (SVITrainer, TrainSettings, compile_decoder, make_elbo,
+                                  training_precision)
 
     torch.set_num_threads(threads)
     pyro.settings.set(module_local_params=True)
@@ -132,12 +135,16 @@ def _child(num_ratings: int, threads: int, max_steps: int, config_path: str,
     def pyro_step(k: int) -> None:
         trainer._step(batcher.batch(positions(k)))
 
+    start = time.perf_counter()
     pyro_step(0)
-    pyro_step(1)  # warm-up: allocations, optimizer state
+    pyro_step(1)  # warm-up: allocations, optimizer state, compilation (train.compile)
+    warmup_s = time.perf_counter() - start
     peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     plain = _PlainELBO(copy.deepcopy(model), copy.deepcopy(guide))
     plain_opt = RowSparseAdam(plain.parameters(), lr=config["train.lr"])
+    if config["train.compile"]:  # the same compiled decoder as the trainer's steps
+        plain.decoder.forward = compile_decoder(plain.decoder)
 
     def plain_step(k: int) -> None:
         batch = batcher.batch(positions(k))
@@ -166,7 +173,8 @@ def _child(num_ratings: int, threads: int, max_steps: int, config_path: str,
            "batch_size": size, "max_inputs": config["guide.max_inputs"],
            "inputs": config["guide.inputs"], "inputs_s": inputs_s,
            "batch_order": batcher.order, "movie_groups": batcher.movie_groups,
-           "precision": config["train.precision"],
+           "precision": config["train.precision"], "compiled": config["train.compile"],
+           "warmup_s": warmup_s,
            "choose_groups_s": batcher_s if batcher.movie_groups else None,
            "order_s": order_s, "small_data": batcher.every_entity,
            "entities_per_batch": entities,
@@ -244,8 +252,11 @@ def _slope(rows: list[dict], key: str) -> float | None:
 def _report(rows: list[dict], threading: dict, load: tuple) -> dict:
     print(f"threads: {threading}")
     print(f"load average before: {load[0]:.2f}, after: {load[1]:.2f} (2 cores)")
+    compiled = (", decoder compiled in both (two warm-up steps with the compilation: "
+                + ", ".join(f"{r['warmup_s']:.1f}" for r in rows) + " s)"
+                if rows[0]["compiled"] else "")
     print(f"train.precision: {rows[0]['precision']} (both paths), batch size "
-          f"{rows[-1]['batch_size']}")
+          f"{rows[-1]['batch_size']}{compiled}")
     head = (f"{'ratings':>11} {'movies':>7} {'users':>7} {'steps':>9} {'order':>9} "
             f"{'entities':>8} {'epoch s':>8} "
             f"{'ratings/s':>10} {'plain s':>8} {'plain r/s':>10} {'pyro/plain':>10} "

@@ -315,6 +315,7 @@ def _summary(metrics: dict, label: str) -> str:
         order = fit.get("batch_order")  # absent from runs saved before it was recorded
         groups = f", {fit['movie_groups']} movie groups" if fit.get("movie_groups") else ""
         mixed = ", bfloat16 steps" if fit.get("precision") == "bfloat16" else ""
+        mixed += ", compiled decoder" if fit.get("compiled") else ""
         lines.append(f"fit: {fit['seconds']:.1f} s, {fit['epochs']} epochs (kept "
                      f"{fit['best_epoch']}), ELBO {fit['final_elbo_per_rating']:.4f} nats "
                      "per rating" + (f"; {order} batches{groups}{mixed}" if order else ""))

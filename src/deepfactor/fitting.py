@@ -275,6 +275,7 @@ def _metrics(fitted: FittedModel, data: SplitData, loss_fn, batcher: RatingBatch
         "batch_order": batcher.order,  # "random" on small data whatever was asked
         "movie_groups": batcher.movie_groups,
         "precision": fitted.config["train.precision"],  # of the training steps only
+        "compiled": fitted.config["train.compile"],  # the training steps' decoder
     }
     if fitted.implicit:
         metrics["fit"]["num_rated_pairs"] = len(fitted.seen)

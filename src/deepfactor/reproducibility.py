@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import sys
 from importlib import metadata
 
 import pyro
 import torch
 
-__all__ = ["set_seed", "configure_threads", "environment", "native_bfloat16"]
+__all__ = ["set_seed", "configure_threads", "environment", "native_bfloat16", "cxx_compiler"]
 
 
 def set_seed(seed: int) -> None:
@@ -40,6 +41,16 @@ def native_bfloat16() -> bool | None:
         return any(bool(check()) for check in checks)
     except RuntimeError:
         return None
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler that ``torch.compile`` (TorchInductor) would call, or None.
+
+    Inductor runs ``$CXX``, else ``clang++`` on macOS and ``g++`` elsewhere;
+    ``train.compile = true`` needs it and is refused with a clear error without it.
+    """
+    name = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
+    return shutil.which(name)
 
 
 def environment() -> dict:

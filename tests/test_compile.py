@@ -1,0 +1,106 @@
+"""train.compile = true: the training steps' decoder runs compiled, and computes the same."""
+
+import numpy as np
+import pyro
+import pytest
+import torch
+
+from deepfactor.batching import EncoderInputs, make_batch
+from deepfactor.config import ConfigError
+from deepfactor.data.ratings import IdIndex, Ratings
+from deepfactor.fitted import build_modules
+from deepfactor.fitting import fit
+from deepfactor.reproducibility import cxx_compiler
+from deepfactor.train import compile_decoder, make_elbo, training_precision
+
+from conftest import small_config
+
+needs_compiler = pytest.mark.skipif(
+    cxx_compiler() is None, reason="torch.compile needs a C++ compiler (g++ or $CXX), "
+    "and none is on PATH")
+
+#: float32's unit roundoff; bfloat16's is 2^-8.
+U_FP32, U_BF16 = 2.0**-24, 2.0**-8
+
+
+def _problem(seed=0):
+    rng = np.random.default_rng(seed)
+    num_movies, num_users, num_ratings = 30, 25, 300
+    cells = rng.choice(num_movies * num_users, size=num_ratings, replace=False)
+    values = rng.integers(1, 6, num_ratings).astype(float)
+    ratings = Ratings(cells // num_users, cells % num_users, values,
+                      IdIndex(range(num_movies)), IdIndex(range(num_users)))
+    config = small_config(**{"model.latent_dim": 4, "model.decoder_hidden": [32],
+                             "model.decoder_inputs": "product+latents"})
+    model, guide = build_modules(config, num_movies, num_users)
+    inputs = EncoderInputs(ratings, values, float(values.mean()), 1.0)
+    batches = [make_batch(ratings, values, rng.permutation(num_ratings)[:size], inputs)
+               for size in (120, 77)]  # a second size: the shorter last batch of an epoch
+    return model, guide, batches
+
+
+@needs_compiler
+@pytest.mark.parametrize("precision, tolerance", [("float32", 64 * U_FP32),
+                                                  ("bfloat16", U_BF16)])
+def test_the_compiled_decoder_gives_the_eager_loss_and_gradients(precision, tolerance):
+    """Fusion changes only the order of roundings. In float32 a rating's eta passes a few
+    dozen roundings of at most ``u`` each; the loss and each gradient then agree to a
+    few dozen ``u`` relative (``64 u`` allowed). Under bfloat16 both run the hidden
+    layer in bfloat16, but the compiled kernel keeps the activation's input in float32
+    between the fused steps, so they differ by bfloat16 roundings: at most ``u_bf16``
+    relative on the summed loss. Gradients are compared relative to their largest entry,
+    with 4 times the allowance (measured: 0.07 of it in float32, up to 1.8 ``u_bf16``
+    in bfloat16). Same noise (seed) for both."""
+    model, guide, batches = _problem()
+    loss_fn = make_elbo("trace")(model, guide)
+    compiled = compile_decoder(model.decoder)
+    for batch in batches:
+        results = []
+        for forward in (None, compiled):
+            loss_fn.zero_grad()
+            pyro.set_rng_seed(3)
+            if forward is not None:
+                model.decoder.forward = forward
+            try:
+                with training_precision(precision):
+                    loss = loss_fn(batch)
+                loss.backward()
+            finally:
+                model.decoder.__dict__.pop("forward", None)
+            results.append((loss.item(), {name: p.grad.clone() for name, p in
+                                          model.decoder.named_parameters()}))
+        (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
+        assert compiled_loss == pytest.approx(eager_loss, rel=tolerance)
+        for name, grad in eager_grads.items():
+            scale = grad.abs().max().item()
+            assert (compiled_grads[name] - grad).abs().max().item() <= tolerance * 4 * scale, name
+        # and the generated kernels did run: their roundings show somewhere
+        assert any(not torch.equal(compiled_grads[name], grad)
+                   for name, grad in eager_grads.items())
+
+
+@needs_compiler
+def test_a_compiled_fit_repeats_exactly_and_stays_near_the_eager_fit():
+    config = small_config(**{"train.compile": True, "train.epochs": 3})
+    first, second = fit(config, progress=False), fit(config, progress=False)
+    assert first.metrics["fit"]["compiled"] is True
+    for key, value in first.model.state_dict().items():
+        torch.testing.assert_close(second.model.state_dict()[key], value, rtol=0, atol=0)
+    assert first.metrics["test"] == second.metrics["test"]
+    # after training the decoder is the plain module again: prediction ran eager
+    assert "forward" not in first.model.decoder.__dict__
+    eager = fit(config.replace(**{"train.compile": False}), progress=False)
+    assert eager.metrics["fit"]["compiled"] is False
+    # three epochs of roundings that differ in the last bits move the RMSE by far less
+    # than its Monte Carlo noise; the parameters are not expected to match bit for bit
+    assert first.metrics["test"]["rmse"] == pytest.approx(eager.metrics["test"]["rmse"],
+                                                          rel=1e-3)
+
+
+def test_compile_without_a_compiler_is_a_clear_error(monkeypatch):
+    import deepfactor.train as train
+
+    monkeypatch.setattr(train, "cxx_compiler", lambda: None)
+    config = small_config(**{"train.compile": True, "train.epochs": 1})
+    with pytest.raises(ConfigError, match="train.compile = true needs a C\\+\\+ compiler"):
+        fit(config, progress=False)
