@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from deepfactor.fitting import fit, read_training_checkpoint
+from deepfactor.reproducibility import cxx_compiler
 from deepfactor.train import SVITrainer, TrainingInterrupted, kl_weight
 
 from conftest import REPO, small_config
@@ -88,14 +89,17 @@ def test_a_warm_up_cannot_fall_to_its_weight():
         load_config(REPO / "models" / "quasipoisson.toml", ["train.kl_weight=0.005"])
 
 
-@pytest.mark.parametrize("batch_size, order, precision", [(128, "random", "float32"),
-                                                         (20, "blocks", "float32"),
-                                                         (20, "blocks", "bfloat16")])
+@pytest.mark.parametrize("batch_size, order, precision, compiled", [
+    (128, "random", "float32", False), (20, "blocks", "float32", False),
+    (20, "blocks", "bfloat16", False),
+    pytest.param(20, "blocks", "bfloat16", True, marks=pytest.mark.skipif(
+        cxx_compiler() is None, reason="train.compile needs a C++ compiler"))])
 def test_a_run_stopped_mid_epoch_and_resumed_ends_like_an_unstopped_one(
-        batch_size, order, precision, tmp_path, monkeypatch):
+        batch_size, order, precision, compiled, tmp_path, monkeypatch):
+    # compiled: the resumed fit builds its own trainer and compiled decoder
     config = small_config(**{"train.epochs": 5, "train.kl_warmup_epochs": 2,
                              "train.lr_final": 0.002, "train.batch_size": batch_size,
-                             "train.precision": precision})
+                             "train.precision": precision, "train.compile": compiled})
     straight = fit(config, progress=False)
     # 4 steps an epoch at 128 (random: small data); 22 at 20, in blocks
     assert straight.metrics["fit"]["batch_order"] == order
