@@ -1,5 +1,10 @@
 """train.compile = true: the training steps' decoder runs compiled, and computes the same."""
 
+import os
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pyro
 import pytest
@@ -13,7 +18,8 @@ from deepfactor.fitting import fit
 from deepfactor.reproducibility import cxx_compiler
 from deepfactor.train import compile_decoder, make_elbo, training_precision
 
-from conftest import small_config
+from conftest import REPO, small_config
+from test_cli import SMALL, run
 
 needs_compiler = pytest.mark.skipif(
     cxx_compiler() is None, reason="torch.compile needs a C++ compiler (g++ or $CXX), "
@@ -104,3 +110,27 @@ def test_compile_without_a_compiler_is_a_clear_error(monkeypatch):
     config = small_config(**{"train.compile": True, "train.epochs": 1})
     with pytest.raises(ConfigError, match="train.compile = true needs a C\\+\\+ compiler"):
         fit(config, progress=False)
+
+
+def test_an_empty_cxx_is_no_compiler(monkeypatch):
+    # torch reads $CXX as set, so an empty one would fail inside Inductor: refuse it first
+    monkeypatch.setenv("CXX", "")
+    assert cxx_compiler() is None
+
+
+@pytest.mark.skipif(shutil.which("false") is None, reason="needs the `false` program")
+def test_a_broken_compiler_stops_the_cli_before_an_earlier_run_is_touched(tmp_path):
+    """A compiler that exists but fails: one clean error line, exit 2, and the run that
+    --overwrite would replace is left whole (the compilation precedes any write)."""
+    out, config = tmp_path / "run", str(REPO / "models" / "gaussian.toml")
+    assert run("fit", config, "--out", str(out), "--quiet", *SMALL).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    env = {**os.environ, "CXX": shutil.which("false"),
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # nothing cached
+    failed = subprocess.run([sys.executable, "-m", "deepfactor", "fit", config, "--out",
+                             str(out), "--overwrite", "--quiet", *SMALL, "--set",
+                             "train.compile=true"], capture_output=True, text=True, env=env)
+    assert failed.returncode == 2, failed.stderr
+    assert "train.compile = true: torch.compile could not compile the decoder" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

@@ -183,6 +183,27 @@ def _fit(args) -> int:
         distributed.shutdown()
 
 
+def _compile_first(config, quiet: bool) -> None:
+    """Compile a decoder of ``config``'s shapes for ``train.compile`` (the fit's own
+    decoder then reuses the graph); a toolchain failure is a ConfigError here."""
+    import time
+
+    import torch
+
+    from .fitted import build_decoder
+    from .train import compile_decoder
+
+    if not quiet:
+        print("deepfactor: compiling the decoder for train.compile (10-20 s the first "
+              "time, a few seconds once torch's cache holds it)", file=sys.stderr)
+    start = time.perf_counter()
+    with torch.random.fork_rng():  # building it draws weights; the fit's draws stay put
+        compile_decoder(build_decoder(config), config["train.precision"])
+    if not quiet:
+        print(f"deepfactor: decoder compiled in {time.perf_counter() - start:.1f} s",
+              file=sys.stderr)
+
+
 def _fit_here(args, config, out, resume, data_dir, *, main: bool, world_size: int = 1) -> int:
     from .checkpoint import write_json, write_text
     from .fitting import fit, load_data
@@ -192,6 +213,8 @@ def _fit_here(args, config, out, resume, data_dir, *, main: bool, world_size: in
     # The data first: a bad file stops the command before anything is written, so an
     # earlier run in ``out`` stays whole.
     data = load_data(config, data_dir)
+    if main and config["train.compile"]:
+        _compile_first(config, quiet=args.quiet)  # so does a missing or broken compiler
     if main:
         out.mkdir(parents=True, exist_ok=True)
         if resume is None:

@@ -26,9 +26,17 @@ from .model import Decoder, MatrixFactorization
 from .predict import Posterior, encode_posterior, predictive_summaries
 from .sketch import Sketch
 
-__all__ = ["FittedModel", "build_modules", "load"]
+__all__ = ["FittedModel", "build_decoder", "build_modules", "load"]
 
 CHECKPOINT_NAME = "model.pt"
+
+
+def build_decoder(config: Config) -> Decoder:
+    """The decoder of ``config`` (parameters freshly initialized, from torch's generator)."""
+    return Decoder(config["model.latent_dim"], tuple(config["model.decoder_hidden"]),
+                   inputs=config["model.decoder_inputs"],
+                   bias_latent=config["model.bias_latent"],
+                   activation=config["model.decoder_activation"])
 
 
 def build_modules(config: Config, num_movies: int, num_users: int
@@ -37,11 +45,7 @@ def build_modules(config: Config, num_movies: int, num_users: int
     threshold = None if config["model.binary_ratings"] else config["model.like_threshold"]
     likelihood = make_likelihood(config["model.likelihood"], threshold=threshold,
                                  levels=config["model.ordinal_levels"])
-    decoder = Decoder(config["model.latent_dim"], tuple(config["model.decoder_hidden"]),
-                      inputs=config["model.decoder_inputs"],
-                      bias_latent=config["model.bias_latent"],
-                      activation=config["model.decoder_activation"])
-    model = MatrixFactorization(num_movies, num_users, decoder, likelihood)
+    model = MatrixFactorization(num_movies, num_users, build_decoder(config), likelihood)
     hidden = tuple(config["guide.encoder_hidden"])
     sketched = config["guide.inputs"] == "sketch"  # then both read 2 d sketch coordinates
     guide = AmortizedGuide(

@@ -48,9 +48,11 @@ def cxx_compiler() -> str | None:
 
     Inductor runs ``$CXX``, else ``clang++`` on macOS and ``g++`` elsewhere;
     ``train.compile = true`` needs it and is refused with a clear error without it.
+    Found is not proven to work: :func:`deepfactor.train.compile_decoder` tries it.
     """
-    name = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
-    return shutil.which(name)
+    # as torch._inductor.config reads it: an empty $CXX is empty, not unset
+    name = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
+    return shutil.which(name) if name else None
 
 
 def environment() -> dict:
