@@ -59,6 +59,34 @@ def small_config(**dotted) -> Config:
     return Config.from_dict(nested, source="<test>")
 
 
+def tiny_problem(inputs: str = "sketch", sizes=(120,), seed: int = 0):
+    """Model, guide and batches (one per size) of 300 ratings of 30 movies by 25 users,
+    with a decoder on ``[z_m * z_u, z_m, z_u]`` and two encoder layers."""
+    from deepfactor.batching import EncoderInputs, make_batch
+    from deepfactor.data.ratings import IdIndex, Ratings
+    from deepfactor.fitted import build_modules
+    from deepfactor.fitting import training_inputs
+
+    rng = np.random.default_rng(seed)
+    num_movies, num_users, num_ratings = 30, 25, 300
+    cells = rng.choice(num_movies * num_users, size=num_ratings, replace=False)
+    values = rng.integers(1, 6, num_ratings).astype(float)
+    ratings = Ratings(cells // num_users, cells % num_users, values,
+                      IdIndex(range(num_movies)), IdIndex(range(num_users)))
+    config = small_config(**{"guide.inputs": inputs, "guide.sketch_dim": 8,
+                             "model.latent_dim": 4, "model.decoder_hidden": [32],
+                             "guide.encoder_hidden": [32, 16],
+                             "model.decoder_inputs": "product+latents"})
+    model, guide = build_modules(config, num_movies, num_users)
+    if inputs == "sketch":
+        encoder_inputs = training_inputs(config, ratings, float(values.mean()), 1.0)
+    else:
+        encoder_inputs = EncoderInputs(ratings, values, float(values.mean()), 1.0)
+    batches = [make_batch(ratings, values, rng.permutation(num_ratings)[:size],
+                          encoder_inputs) for size in sizes]
+    return model, guide, batches
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)

@@ -5,20 +5,16 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pyro
 import pytest
 import torch
 
-from deepfactor.batching import EncoderInputs, make_batch
 from deepfactor.config import ConfigError
-from deepfactor.data.ratings import IdIndex, Ratings
-from deepfactor.fitted import build_modules
 from deepfactor.fitting import fit
 from deepfactor.reproducibility import cxx_compiler
 from deepfactor.train import compile_decoder, make_elbo, training_precision
 
-from conftest import REPO, small_config
+from conftest import REPO, small_config, tiny_problem
 from test_cli import SMALL, run
 
 needs_compiler = pytest.mark.skipif(
@@ -27,22 +23,6 @@ needs_compiler = pytest.mark.skipif(
 
 #: float32's unit roundoff; bfloat16's is 2^-8.
 U_FP32, U_BF16 = 2.0**-24, 2.0**-8
-
-
-def _problem(seed=0):
-    rng = np.random.default_rng(seed)
-    num_movies, num_users, num_ratings = 30, 25, 300
-    cells = rng.choice(num_movies * num_users, size=num_ratings, replace=False)
-    values = rng.integers(1, 6, num_ratings).astype(float)
-    ratings = Ratings(cells // num_users, cells % num_users, values,
-                      IdIndex(range(num_movies)), IdIndex(range(num_users)))
-    config = small_config(**{"model.latent_dim": 4, "model.decoder_hidden": [32],
-                             "model.decoder_inputs": "product+latents"})
-    model, guide = build_modules(config, num_movies, num_users)
-    inputs = EncoderInputs(ratings, values, float(values.mean()), 1.0)
-    batches = [make_batch(ratings, values, rng.permutation(num_ratings)[:size], inputs)
-               for size in (120, 77)]  # a second size: the shorter last batch of an epoch
-    return model, guide, batches
 
 
 @needs_compiler
@@ -57,7 +37,7 @@ def test_the_compiled_decoder_gives_the_eager_loss_and_gradients(precision, tole
     relative on the summed loss. Gradients are compared relative to their largest entry,
     with 4 times the allowance (measured: 0.07 of it in float32, up to 1.8 ``u_bf16``
     in bfloat16). Same noise (seed) for both."""
-    model, guide, batches = _problem()
+    model, guide, batches = tiny_problem("sparse", sizes=(120, 77))  # 77: a short last batch
     loss_fn = make_elbo("trace")(model, guide)
     compiled = compile_decoder(model.decoder)
     for batch in batches:

@@ -2,43 +2,22 @@
 
 import contextlib
 
-import numpy as np
 import pyro
 import pytest
 import torch
 
-from deepfactor.batching import EncoderInputs, make_batch
 from deepfactor.config import ConfigError
-from deepfactor.data.ratings import IdIndex, Ratings
-from deepfactor.fitted import build_modules
 from deepfactor.fitting import fit
 from deepfactor.train import make_elbo, training_precision
 
-from conftest import small_config
+from conftest import small_config, tiny_problem
 
 #: bfloat16 keeps 8 significant bits: unit roundoff 2^-8 (float32: 2^-24).
 U_BF16 = 2.0**-8
 
 
-def _problem(inputs="sketch", seed=0):
-    rng = np.random.default_rng(seed)
-    num_movies, num_users, num_ratings = 30, 25, 300
-    cells = rng.choice(num_movies * num_users, size=num_ratings, replace=False)
-    values = rng.integers(1, 6, num_ratings).astype(float)
-    ratings = Ratings(cells // num_users, cells % num_users, values,
-                      IdIndex(range(num_movies)), IdIndex(range(num_users)))
-    config = small_config(**{"guide.inputs": inputs, "guide.sketch_dim": 8,
-                             "model.latent_dim": 4, "model.decoder_hidden": [32],
-                             "guide.encoder_hidden": [32, 16],
-                             "model.decoder_inputs": "product+latents"})
-    model, guide = build_modules(config, num_movies, num_users)
-    if inputs == "sketch":
-        from deepfactor.fitting import training_inputs
-
-        encoder_inputs = training_inputs(config, ratings, float(values.mean()), 1.0)
-    else:
-        encoder_inputs = EncoderInputs(ratings, values, float(values.mean()), 1.0)
-    batch = make_batch(ratings, values, rng.permutation(num_ratings)[:120], encoder_inputs)
+def _problem(inputs="sketch"):
+    model, guide, (batch,) = tiny_problem(inputs)
     return model, guide, batch
 
 

@@ -180,8 +180,8 @@ KEYS: dict[str, Key] = {
                             "evaluation stay float32; faster only on CPUs with native "
                             "bfloat16)", _choice("float32", "bfloat16")),
     "train.compile": _key(False, bool, "compile the decoder of the training steps with "
-                          "torch.compile (needs a C++ compiler; its first step pays the "
-                          "compilation; pays most with bfloat16 at large batches)"),
+                          "torch.compile (needs a working C++ compiler; compiled once "
+                          "before training; pays most with bfloat16 at large batches)"),
     "train.seed": _key(0, int, "seed of every random draw"),
     "train.num_threads": _key(0, int, "torch threads (0 = torch's default)", _nonneg),
     # eval
