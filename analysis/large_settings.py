@@ -3,8 +3,8 @@
 Question
     ``analysis/benchmark_scaling.py`` times a step; this asks what the time buys. On
     MovieLens-like data large enough for blocked batches, does a fit with
-    ``train.precision = "bfloat16"``, with ``train.batch_size = 40000``, or with both,
-    reach the same held-out error, predictive density and bound as the shipped
+    ``train.precision = "bfloat16"``, with ``train.batch_size = 40000``, or with both
+    (and ``train.compile = true``), reach the same held-out error, predictive density and bound as the shipped
     ``models/gaussian.toml`` in the same number of epochs, and how long does each take?
 Data
     :func:`deepfactor.synthetic.simulate_movielens` at ``--ratings`` (default 1,000,000;
@@ -21,7 +21,8 @@ Output
     One row per setting: held-out RMSE and lpd, the final ELBO per fit rating, the
     kept epoch, the whole fit's seconds and the training seconds per epoch; the RMSE
     and the seconds per epoch as ratios to the shipped row's, the lpd as a difference;
-    ``large_settings.csv`` / ``.md`` under ``--out``.
+    ``large_settings.csv`` / ``.md`` under ``--out``, and each row's per-epoch history
+    (validation scores, seconds) as ``trace_<row>.csv``.
 Simplified
     One seed and one data size; the learning-rate schedule is the shipped one whatever
     the batch size (a batch of 40,000 takes a quarter of the steps). Times are one run's
@@ -53,6 +54,9 @@ ROWS = {
     # a quarter of the steps: twice the learning rate (Adam's square-root rule for 4x)
     "bfloat16_batch40000_lr2x": ["train.precision=bfloat16", "train.batch_size=40000",
                                  "train.lr=0.02", "train.lr_final=0.001"],
+    # the fastest epochs of benchmark_scaling.py: the same plus the compiled decoder
+    "bfloat16_batch40000_compiled": ["train.precision=bfloat16", "train.batch_size=40000",
+                                     "train.compile=true"],
 }
 
 
@@ -92,6 +96,7 @@ def main() -> None:
     print(f"{args.ratings:,} MovieLens-like ratings in {csv}; noise sd {noise_sd} "
           f"(the best possible RMSE); {epochs} epochs, torch threads: {args.threads}")
 
+    from deepfactor.checkpoint import write_text
     from deepfactor.config import load_config
 
     base = ["data.dataset=file", f"data.path={csv}", "data.split=random",
@@ -104,8 +109,11 @@ def main() -> None:
         config = load_config(REPO / "models" / "gaussian.toml", [*base, *ROWS[name]])
         fitted, seconds = fit_quietly(config)
         m = fitted.metrics
+        # each epoch's validation scores and seconds: accuracy against training time
+        write_text(folder / f"trace_{name}.csv", pd.DataFrame(fitted.history).to_csv(index=False))
         rows.append({"row": name, "precision": config["train.precision"],
-                     "batch": config["train.batch_size"], "order": m["fit"]["batch_order"],
+                     "batch": config["train.batch_size"], "compiled": config["train.compile"],
+                     "order": m["fit"]["batch_order"],
                      "test RMSE": m["test"]["rmse"], "test lpd": m["test"]["lpd"],
                      "ELBO per rating": m["fit"]["final_elbo_per_rating"],
                      "kept epoch": m["fit"]["best_epoch"], "fit s": seconds,
