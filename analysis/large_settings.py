@@ -4,8 +4,9 @@ Question
     ``analysis/benchmark_scaling.py`` times a step; this asks what the time buys. On
     MovieLens-like data large enough for blocked batches, does a fit with
     ``train.precision = "bfloat16"``, with ``train.batch_size = 40000``, or with both
-    (and ``train.compile = true``), reach the same held-out error, predictive density and bound as the shipped
-    ``models/gaussian.toml`` in the same number of epochs, and how long does each take?
+    (and ``train.compile = true``), reach the same held-out error, predictive density
+    and bound as the shipped ``models/gaussian.toml`` in the same number of epochs, and
+    how long does each take?
 Data
     :func:`deepfactor.synthetic.simulate_movielens` at ``--ratings`` (default 1,000,000;
     Zipf-like popularity and activity, MovieLens entity counts), drawn from the
@@ -39,6 +40,7 @@ QUICK_ARGS = ["--quick", "--out", "large"]
 #: --quick: ratings, epochs and rows (seconds, what tests/test_analysis.py runs)
 QUICK = (20_000, 2, ["shipped", "bfloat16"])
 
+import gc  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 
@@ -119,6 +121,11 @@ def main() -> None:
                      "kept epoch": m["fit"]["best_epoch"], "fit s": seconds,
                      "train s per epoch": m["fit"]["train_seconds"] / m["fit"]["epochs"]})
         print(json.dumps(rows[-1]), flush=True)
+        # The next fit must not run beside this one's data and posterior: at 25M ratings
+        # the second of two rows was killed for memory (24 GB resident) while the name
+        # still held the first.
+        del fitted, m
+        gc.collect()
     table = pd.DataFrame(rows)
     if "shipped" in args.rows:
         ref = table.set_index("row").loc["shipped"]

@@ -5,7 +5,7 @@ import pyro
 import pytest
 import torch
 
-from deepfactor.batching import EncoderInputs, RatingBatcher, distinct_sorted, make_batch
+from deepfactor.batching import EncoderInputs, RatingBatcher, make_batch, renumber
 from deepfactor.data.ratings import IdIndex, Ratings
 from deepfactor.fitted import build_modules
 
@@ -93,25 +93,33 @@ def test_batches_cover_every_rating_once_per_epoch(rng):
 
 
 @pytest.mark.parametrize("num, size", [(1, 5), (50, 0), (50, 1), (50, 400), (10_000, 300)])
-def test_distinct_sorted_is_unique_with_inverse(rng, num, size):
+def test_renumber_is_unique_with_inverse(rng, num, size):
     ids = rng.integers(num, size=size) if num < 100 else rng.choice(num, 20)[
         rng.integers(20, size=size)]
-    scratch = np.full(num, 7, dtype=np.int64)  # whatever a previous batch left there
+    scratch = np.full(num, 7, dtype=np.int64)  # whatever a previous call left there
+    expected, inverse = np.unique(ids, return_inverse=True)
     for _ in range(2):  # the same scratch serves the next call
-        distinct, local = distinct_sorted(ids, scratch)
-        expected, inverse = np.unique(ids, return_inverse=True)
+        distinct, local = renumber(ids, scratch)
         np.testing.assert_array_equal(distinct, expected)
         np.testing.assert_array_equal(local, inverse)
         assert local.dtype == np.int64
+        # unsorted: the same set, and each entry still points at its own id
+        distinct, local = renumber(ids, scratch, sort=False)
+        np.testing.assert_array_equal(np.sort(distinct), expected)
+        np.testing.assert_array_equal(distinct[local], ids)
 
 
-def test_batcher_batches_match_a_fresh_make_batch(rng):
+@pytest.mark.parametrize("batch_size", [33, 10])  # 10: sampled bags, not the small-data path
+def test_batcher_batches_match_a_fresh_make_batch(rng, batch_size):
     ratings, inputs, _, _ = _skewed_problem(rng)
-    batcher = RatingBatcher(ratings, ratings.rating, inputs, 33, rng)
-    for positions in (np.arange(40, 73), np.arange(5, 38)):  # reused scratch arrays
-        kept, fresh = batcher.batch(positions), make_batch(ratings, ratings.rating,
-                                                           positions, inputs)
-        for name in ("movies", "users", "movie_local", "user_local", "movie_scale"):
+    batcher = RatingBatcher(ratings, ratings.rating, inputs, batch_size, rng)
+    assert batcher.every_entity == (batch_size == 33)
+    for start in (40, 5, 120):  # the batcher's scratch arrays are reused
+        positions = np.arange(start, start + batch_size)
+        kept = batcher.batch(positions)
+        fresh = make_batch(ratings, ratings.rating, positions, inputs)  # np.unique's way
+        for name in ("movies", "users", "movie_local", "user_local", "movie_scale",
+                     "user_scale"):
             torch.testing.assert_close(getattr(kept, name), getattr(fresh, name))
         np.testing.assert_array_equal(batcher.distinct(positions)[0], kept.movies.numpy())
         np.testing.assert_array_equal(batcher.distinct(positions)[1], kept.users.numpy())

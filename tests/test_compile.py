@@ -12,7 +12,7 @@ import torch
 from deepfactor.config import ConfigError
 from deepfactor.fitting import fit
 from deepfactor.reproducibility import cxx_compiler
-from deepfactor.train import compile_decoder, make_elbo, training_precision
+from deepfactor.train import _swapped_forward, compile_decoder, make_elbo, training_precision
 
 from conftest import REPO, small_config, tiny_problem
 from test_cli import SMALL, run
@@ -46,14 +46,9 @@ def test_the_compiled_decoder_gives_the_eager_loss_and_gradients(precision, tole
         for forward in (None, compiled):
             loss_fn.zero_grad()
             pyro.set_rng_seed(3)
-            if forward is not None:
-                model.decoder.forward = forward
-            try:
-                with training_precision(precision):
-                    loss = loss_fn(batch)
-                loss.backward()
-            finally:
-                model.decoder.__dict__.pop("forward", None)
+            with _swapped_forward(model.decoder, forward), training_precision(precision):
+                loss = loss_fn(batch)
+            loss.backward()
             results.append((loss.item(), {name: p.grad.clone() for name, p in
                                           model.decoder.named_parameters()}))
         (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
@@ -64,6 +59,22 @@ def test_the_compiled_decoder_gives_the_eager_loss_and_gradients(precision, tole
         # and the generated kernels did run: their roundings show somewhere
         assert any(not torch.equal(compiled_grads[name], grad)
                    for name, grad in eager_grads.items())
+
+
+@needs_compiler
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_training_steps_reuse_the_graph_compiled_before_training(precision):
+    """compile_decoder compiles before the first step. Were its probe's graph one the
+    steps cannot use (guarded on inputs that differ from theirs), the first step would
+    compile again, late and counted as training time. With torch's caches emptied and a
+    recompilation made an error, the fit passes only if every step, the shorter last
+    batch included, runs the probe's graph."""
+    torch._dynamo.reset()
+    config = small_config(**{"train.compile": True, "train.epochs": 2,
+                             "train.precision": precision})
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        fitted = fit(config, progress=False)
+    assert fitted.metrics["fit"]["num_fit_ratings"] % config["train.batch_size"] > 1
 
 
 @needs_compiler
@@ -112,6 +123,6 @@ def test_a_broken_compiler_stops_the_cli_before_an_earlier_run_is_touched(tmp_pa
                              str(out), "--overwrite", "--quiet", *SMALL, "--set",
                              "train.compile=true"], capture_output=True, text=True, env=env)
     assert failed.returncode == 2, failed.stderr
-    assert "train.compile = true: torch.compile could not compile the decoder" in failed.stderr
+    assert "train.compile = true: torch.compile failed on the decoder" in failed.stderr
     assert "Traceback" not in failed.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

@@ -51,7 +51,7 @@ from .sparse import SparseMatrix
 from .subsample import concat_ranges, sample_rows
 
 __all__ = ["SparseBag", "Batch", "EncoderInputs", "RatingBatcher", "make_batch",
-           "distinct_sorted"]
+           "renumber"]
 
 log = logging.getLogger(__name__)
 
@@ -211,19 +211,12 @@ class EncoderInputs:
                          dense_grad=True)
 
     def _renumber(self, indices: np.ndarray, num_cols: int) -> tuple[np.ndarray, np.ndarray]:
-        """Distinct ``indices`` (first-seen order) and each entry's position among them.
-
-        ``O(len(indices))``, no sort: a scratch array over the columns, allocated once,
-        remembers one entry per column; stale slots are never read.
-        """
+        """Distinct ``indices`` (in no particular order) and each entry's position among
+        them: :func:`renumber` with a scratch array over the columns, allocated once."""
         scratch = self._scratch.get(num_cols)
         if scratch is None:
             scratch = self._scratch[num_cols] = np.zeros(num_cols, dtype=np.int64)
-        entry = np.arange(len(indices))
-        scratch[indices] = entry  # the last entry of each column wins
-        first = scratch[indices] == entry  # (nnz,): one representative per column
-        rank = np.cumsum(first) - 1  # (nnz,): the representative's local column
-        return indices[first], rank[scratch[indices]]
+        return renumber(indices, scratch, sort=False)
 
     def _build(self, rows: SparseRows, selected: np.ndarray, num_cols: int,
                generator: np.random.Generator | None,
@@ -305,19 +298,24 @@ class Batch:
         return Batch(**{**self.__dict__, "target": None})
 
 
-def distinct_sorted(ids: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(ids, return_inverse=True)`` for ids in ``[0, len(scratch))``, unsorted.
+def renumber(ids: np.ndarray, scratch: np.ndarray, sort: bool = True
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ``ids`` and each entry's position among them, without sorting ``ids``.
 
-    Returns the distinct ids, ascending, shape ``(E,)``, and each entry's position among
-    them, shape ``(len(ids),)``, in ``O(len(ids) + E log E)`` instead of a sort of
-    ``ids``. ``scratch`` (int64, one slot per possible id, contents ignored) is
-    overwritten at ``ids`` only, so one array serves every batch: allocating it per call
-    costs page faults that dominate when the ids range over millions.
+    With ``sort``, the same as ``np.unique(ids, return_inverse=True)`` for ids in
+    ``[0, len(scratch))``: distinct ids ascending, shape ``(E,)``, and positions, shape
+    ``(len(ids),)``, in ``O(len(ids) + E log E)`` instead of a sort of ``ids``; without
+    it the distinct ids come in no particular order, in ``O(len(ids))``. ``scratch``
+    (int64, one slot per possible id, contents ignored) is written at ``ids`` only and
+    only slots written in this call are read, so one array serves every call; allocating
+    it per call costs page faults that dominate when the ids range over millions.
     """
     ids = np.asarray(ids)
     entry = np.arange(len(ids))
-    scratch[ids] = entry  # one entry per id survives, whichever
-    distinct = np.sort(ids[scratch[ids] == entry])  # (E,)
+    scratch[ids] = entry  # one entry per id survives, whichever numpy keeps
+    distinct = ids[scratch[ids] == entry]  # (E,): that entry's id
+    if sort:
+        distinct = np.sort(distinct)
     scratch[distinct] = np.arange(len(distinct))
     return distinct, scratch[ids]
 
@@ -365,16 +363,19 @@ def make_batch(
         Sorted supersets of the batch's movies and users (a data-parallel rank's global
         batch) whose input subsets are drawn; see :meth:`EncoderInputs.movie_bag`.
     scratch : (ndarray, ndarray), optional
-        int64 arrays of ``num_movies`` and ``num_users`` slots for
-        :func:`distinct_sorted`, reused across batches; allocated when omitted.
+        int64 arrays of ``num_movies`` and ``num_users`` slots for :func:`renumber`,
+        reused across batches (a :class:`RatingBatcher` keeps them); without them the
+        batch's distinct entities are found by sorting (``np.unique``), same result.
     """
     movie_counts, user_counts = totals or (ratings.movie_counts(), ratings.user_counts())
     movies_drawn, users_drawn = drawn_for if drawn_for is not None else (None, None)
     movie_of, user_of = ratings.movie[positions], ratings.user[positions]
-    movie_scratch, user_scratch = scratch or (np.empty(ratings.num_movies, dtype=np.int64),
-                                              np.empty(ratings.num_users, dtype=np.int64))
-    movies, movie_local = distinct_sorted(movie_of, movie_scratch)
-    users, user_local = distinct_sorted(user_of, user_scratch)
+    if scratch is None:  # a one-off batch: sorting it costs no more than a scratch array
+        movies, movie_local = np.unique(movie_of, return_inverse=True)
+        users, user_local = np.unique(user_of, return_inverse=True)
+    else:
+        movies, movie_local = renumber(movie_of, scratch[0])
+        users, user_local = renumber(user_of, scratch[1])
     n, b = len(ratings), len(positions)
     movie_scale = _entity_weights(movie_local, movies, movie_counts, ratings.num_movies, b, n)
     user_scale = _entity_weights(user_local, users, user_counts, ratings.num_users, b, n)
@@ -384,8 +385,8 @@ def make_batch(
         num_ratings=n,
         movies=torch.from_numpy(movies),
         users=torch.from_numpy(users),
-        movie_local=torch.from_numpy(movie_local.astype(np.int64)),
-        user_local=torch.from_numpy(user_local.astype(np.int64)),
+        movie_local=torch.from_numpy(np.asarray(movie_local, dtype=np.int64)),
+        user_local=torch.from_numpy(np.asarray(user_local, dtype=np.int64)),
         target=None if targets is None else torch.as_tensor(targets[positions], dtype=dtype),
         movie_scale=torch.as_tensor(movie_scale * kl_weight, dtype=dtype),
         user_scale=torch.as_tensor(user_scale * kl_weight, dtype=dtype),
@@ -456,7 +457,7 @@ class RatingBatcher:
         self.input_generator = np.random.Generator(
             type(generator.bit_generator)(generator.bit_generator.seed_seq.spawn(1)[0]))
         self._totals = (ratings.movie_counts(), ratings.user_counts())
-        # distinct_sorted's scratch, one slot per movie and per user: O(entities), once
+        # renumber's scratch, one slot per movie and per user: O(entities), once
         self._scratch = (np.empty(ratings.num_movies, dtype=np.int64),
                          np.empty(ratings.num_users, dtype=np.int64))
         self.every_entity = len(ratings) <= SMALL_DATA_FACTOR * self.batch_size
@@ -500,8 +501,8 @@ class RatingBatcher:
 
     def distinct(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The distinct movies and users, ascending, of the ratings at ``positions``."""
-        return (distinct_sorted(self.ratings.movie[positions], self._scratch[0])[0],
-                distinct_sorted(self.ratings.user[positions], self._scratch[1])[0])
+        return (renumber(self.ratings.movie[positions], self._scratch[0])[0],
+                renumber(self.ratings.user[positions], self._scratch[1])[0])
 
     def full(self) -> Batch:
         """All ratings in one batch: every weight is exactly 1, every input read."""

@@ -194,10 +194,10 @@ def _compile_first(config, quiet: bool) -> None:
     from .train import compile_decoder
 
     if not quiet:
-        print("deepfactor: compiling the decoder for train.compile (10-20 s the first "
+        print("deepfactor: compiling the decoder for train.compile (12-18 s the first "
               "time, a few seconds once torch's cache holds it)", file=sys.stderr)
     start = time.perf_counter()
-    with torch.random.fork_rng():  # building it draws weights; the fit's draws stay put
+    with torch.random.fork_rng():  # building it draws weights (fit reseeds anyway)
         compile_decoder(build_decoder(config), config["train.precision"])
     if not quiet:
         print(f"deepfactor: decoder compiled in {time.perf_counter() - start:.1f} s",

@@ -158,10 +158,11 @@ def compile_decoder(decoder: torch.nn.Module, precision: str = "float32") -> Cal
     the same function; only the order of floating-point roundings may differ.
 
     The compilation happens here, not at the first step: one forward and backward pass
-    on zeros under ``precision`` (no random numbers drawn, no gradient left behind), so
-    that a compiler that is missing or broken stops the fit with a :class:`ConfigError`
-    before training. Measured here: 12-16 s with an empty cache, 2.5-3 s once
-    TorchInductor's on-disk cache (``/tmp/torchinductor_$USER``, or
+    on zeros under ``precision``, shaped and passed as a step passes its latents so
+    that the steps reuse the graph (no random numbers drawn; the parameters' gradients
+    are as before), so that a compiler that is missing or broken stops the fit with a
+    :class:`ConfigError` before training. Measured here: 12-18 s with an empty cache,
+    2.5-3 s once TorchInductor's on-disk cache (``/tmp/torchinductor_$USER``, or
     ``$TORCHINDUCTOR_CACHE_DIR``) holds the graph; a decoder of the same shapes in the
     same process reuses it at once.
 
@@ -169,9 +170,10 @@ def compile_decoder(decoder: torch.nn.Module, precision: str = "float32") -> Cal
     validation, prediction and checks, whose shapes differ, stay eager.
 
     Known limit: torch keeps at most ``torch._dynamo.config.recompile_limit`` (8)
-    graphs per function in one process; a ninth decoder shape (a sweep over widths in
-    one Python session) runs eager, with a warning from torch, while the run still
-    records ``compiled``.
+    graphs per function in one process, and each decoder shape and precision takes one
+    (more for a last batch of at most 24 ratings); beyond that (a sweep over widths in one
+    Python session) the decoder runs eager, with a warning from torch, while the run
+    still records ``compiled``.
     """
     if cxx_compiler() is None:
         raise ConfigError("train.compile = true needs a C++ compiler for torch.compile "
@@ -192,21 +194,32 @@ def compile_decoder(decoder: torch.nn.Module, precision: str = "float32") -> Cal
 
     start = time.perf_counter()
     log.info("compiling the decoder (train.compile)")
+    # Inputs as a training step passes them (the graph is guarded on their kind): two
+    # distinct tensors (one tensor passed twice gets a graph guarded on the two being
+    # the same), gathered by index_select (not leaves, not views: a view's base is
+    # guarded too), with 256 rows: batches of up to 24 ratings get a graph of their own
+    # (Inductor writes their products out elementwise), as do sizes 0 and 1.
     width = decoder.latent_dim + int(decoder.bias_latent)
-    z = torch.zeros(2, width, requires_grad=True)  # 2: sizes 0 and 1 would be specialized
-    grads = [p.grad for p in decoder.parameters()]
+    latents, rows = torch.zeros(256, width, requires_grad=True), torch.arange(256)
+    z_movie, z_user = latents.index_select(0, rows), latents.index_select(0, rows)
+    parameters = list(decoder.parameters())
+    saved = [p.grad for p in parameters]
+    for p in parameters:
+        p.grad = None  # backward would add the probe's gradient into an existing one
     try:
-        with training_precision(precision):
-            eta = forward(z, z)
+        with torch.enable_grad(), training_precision(precision):
+            eta = forward(z_movie, z_user)
         eta.sum().backward()
-    except Exception as err:  # noqa: BLE001 - any failure of the toolchain, reported whole
+    except Exception as err:  # noqa: BLE001 - whatever torch raises, said in one line
+        log.debug("torch.compile failed on the decoder", exc_info=True)
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ConfigError(f"train.compile = true: torch.compile could not compile the "
-                          f"decoder ({type(err).__name__}: {first[:300]}); check the C++ "
-                          f"compiler ($CXX, else g++) or set train.compile = false") from err
+        raise ConfigError(f"train.compile = true: torch.compile failed on the decoder "
+                          f"({type(err).__name__}: {first[:300]}); the usual cause is a "
+                          f"missing or broken C++ compiler ($CXX, else g++); deepfactor -v "
+                          f"logs the whole error; or set train.compile = false") from err
     finally:
-        for p, grad in zip(decoder.parameters(), grads):
-            p.grad = grad  # the probe's gradient is not the model's
+        for p, grad in zip(parameters, saved):
+            p.grad = grad
     log.info("decoder compiled in %.1f s", time.perf_counter() - start)
     return forward
 
@@ -397,7 +410,7 @@ class SVITrainer:
         with self._forward_pass():
             loss = self.loss_fn(batch)
         if not torch.isfinite(loss):
-            with training_precision(self.settings.precision):  # as the step computed it
+            with training_precision(self.settings.precision):  # eager: the same function
                 site = _first_nonfinite_site(self.loss_fn, batch)
             raise TrainingDiverged(
                 f"the loss is {loss.item()} at step {self.step} (epoch {self.epoch + 1})"
@@ -430,7 +443,7 @@ class SVITrainer:
         if sigint or sigterm:
             self._agreed_signal = signal.SIGINT if sigint else signal.SIGTERM
         if not math.isfinite(total):
-            with training_precision(self.settings.precision):  # as the step computed it
+            with training_precision(self.settings.precision):  # eager: the same function
                 site = (_first_nonfinite_site(self.loss_fn, batch)
                         if batch is not None and not math.isfinite(mine) else None)
             raise TrainingDiverged(
