@@ -308,7 +308,10 @@ def renumber(ids: np.ndarray, scratch: np.ndarray, sort: bool = True
     it the distinct ids come in no particular order, in ``O(len(ids))``. ``scratch``
     (int64, one slot per possible id, contents ignored) is written at ``ids`` only and
     only slots written in this call are read, so one array serves every call; allocating
-    it per call costs page faults that dominate when the ids range over millions.
+    it per call costs page faults that dominate when the ids range over millions. Known
+    shortcoming: over ~10 million slots the scattered writes miss the cache and a small
+    batch is faster through ``np.unique`` (1.78 against 0.94 ms for 10,000 ids); up to
+    MovieLens 25M's 162,000 users it is the faster by far (README, Large datasets).
     """
     ids = np.asarray(ids)
     entry = np.arange(len(ids))
