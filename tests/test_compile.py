@@ -35,7 +35,8 @@ def test_the_compiled_decoder_gives_the_eager_loss_and_gradients(precision, tole
     layer in bfloat16, but the fused kernels round at other points (Inductor computes
     bfloat16 elementwise work in float32 and rounds once per kernel), so they differ by
     bfloat16 roundings: at most ``u_bf16``
-    relative on the summed loss. Gradients are compared relative to their largest entry,
+    relative on the summed loss, an allowance, not a bound (measured: 0.008 ``u_bf16``;
+    float32 gave equal losses). Gradients are compared relative to their largest entry,
     with 4 times the allowance (measured: 0.07 of it in float32, up to 1.8 ``u_bf16``
     in bfloat16). Same noise (seed) for both."""
     model, guide, batches = tiny_problem("sparse", sizes=(120, 77))  # 77: a short last batch
@@ -89,10 +90,11 @@ def test_a_compiled_fit_repeats_exactly_and_stays_near_the_eager_fit():
     assert "forward" not in first.model.decoder.__dict__
     eager = fit(config.replace(**{"train.compile": False}), progress=False)
     assert eager.metrics["fit"]["compiled"] is False
-    # three epochs of roundings that differ in the last bits move the RMSE by far less
-    # than its Monte Carlo noise; the parameters are not expected to match bit for bit
+    # Roundings that differ in the last bits (float32, u = 6e-8) over three epochs of
+    # steps move the trajectory a little, not bit for bit; measured: RMSE 1.3e-8
+    # relative; 1e-5 leaves room for growth along another machine's trajectory.
     assert first.metrics["test"]["rmse"] == pytest.approx(eager.metrics["test"]["rmse"],
-                                                          rel=1e-3)
+                                                          rel=1e-5)
 
 
 def test_compile_without_a_compiler_is_a_clear_error(monkeypatch):
