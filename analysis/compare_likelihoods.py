@@ -73,10 +73,11 @@ def star_scale_lpd(fitted, test, levels: np.ndarray, seed: int = 0) -> np.ndarra
     out = np.empty(len(test))
     for part in chunks(len(test)):
         eta = draw_eta(fitted.model, fitted.posterior, test.movie[part], test.user[part],
-                       DRAWS, generator).double()  # (S, chunk)
-        sigma = fitted.model.likelihood.sigma.detach().double()
-        mass = (torch.special.ndtr((upper[part] - eta) / sigma)
-                - torch.special.ndtr((lower[part] - eta) / sigma)).mean(0)
+                       DRAWS, generator).double()  # (S, chunk), or (S, chunk, 2)
+        loc = likelihood.location(eta)  # (S, chunk)
+        sigma = likelihood.noise_scale(eta).detach()  # () or, with a scale per pair, (S, chunk)
+        mass = (torch.special.ndtr((upper[part] - loc) / sigma)
+                - torch.special.ndtr((lower[part] - loc) / sigma)).mean(0)
         out[part] = torch.log(mass.clamp(min=1e-300)).numpy()
     return out
 

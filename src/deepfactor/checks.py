@@ -108,7 +108,7 @@ class PredictiveDraws:
     mean, sd : ndarray of float64, shape (N,)
         Predictive mean (Bernoulli: probability of a like) and sd of the mixture.
     mean_eta : ndarray of float64, shape (S,)
-        Mean of ``eta`` over these ratings, per draw.
+        Mean of ``eta`` (of ``mu``, with a scale per pair) over these ratings, per draw.
     """
 
     movie: np.ndarray
@@ -212,8 +212,10 @@ class _Accumulator:
 
     def add(self, likelihood: Likelihood, block: slice, part: slice, eta: torch.Tensor,
             y: torch.Tensor, set_of: torch.Tensor) -> None:
-        """Record draws ``block`` of pairs ``part``: ``eta`` (b, c), ``y`` and ``set_of`` (c,)."""
-        y = y.expand_as(eta)
+        """Record draws ``block`` of pairs ``part``: ``eta`` (b, c) (or (b, c, 2) with a
+        scale per pair), ``y`` and ``set_of`` (c,)."""
+        location = likelihood.location(eta)  # (b, c): eta, or mu
+        y = y.expand_as(location)
         d = likelihood.distribution(eta)
         self.replicated[block, part] = d.sample().numpy()
         self.log_lik[block, part] = d.log_prob(y).double().numpy()
@@ -222,7 +224,7 @@ class _Accumulator:
                            ("mean_sq", d.mean**2), ("var", d.variance)):
             self.sums[key][part] += value.double().sum(0).numpy()
         eta_sets = torch.zeros(eta.shape[0], self.eta_sum.shape[1], dtype=torch.float64)
-        self.eta_sum[block] += eta_sets.index_add_(1, set_of, eta.double()).numpy()
+        self.eta_sum[block] += eta_sets.index_add_(1, set_of, location.double()).numpy()
 
     def pit(self, rng: np.random.Generator) -> np.ndarray:
         """PIT under the S-draw mixture, randomized for discrete families; shape (n,)."""

@@ -127,6 +127,9 @@ KEYS: dict[str, Key] = {
     "model.decoder_inputs": _key("product", str, "what the decoder reads",
                                  _choice("product", "product+latents")),
     "model.bias_latent": _key(False, bool, "one extra latent coordinate added to eta"),
+    "model.pair_scale": _key(False, bool, "normal, ordinal: the decoder also gives each "
+                             "pair a factor on the likelihood's spread (sigma, or the "
+                             "cut points' logistic scale)"),
     # guide
     "guide.encoder_hidden": _key([128], list, "hidden widths of each encoder",
                                  (lambda v: len(v) > 0 and _positive_ints(v),
@@ -339,6 +342,11 @@ def _check_together(values: Mapping[str, Any], source: str,
         raise ConfigError(f"{blame(*implicit)}: 'data.implicit' = true observes 0/1 cells: "
                           "it needs model.likelihood = 'bernoulli' and "
                           "model.binary_ratings = true")
+    if values["model.pair_scale"] and values["model.likelihood"] not in ("normal", "ordinal"):
+        raise ConfigError(f"{blame('model.pair_scale', 'model.likelihood')}: "
+                          f"'model.pair_scale' = true needs a likelihood with a spread to "
+                          f"scale (normal or ordinal); {values['model.likelihood']!r} has "
+                          "none")
     warm_up = ("train.kl_warmup_epochs", "train.kl_warmup_start", "train.kl_weight")
     if values["train.kl_warmup_epochs"] and \
             values["train.kl_warmup_start"] > values["train.kl_weight"]:

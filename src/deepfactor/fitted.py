@@ -36,7 +36,8 @@ def build_decoder(config: Config) -> Decoder:
     return Decoder(config["model.latent_dim"], tuple(config["model.decoder_hidden"]),
                    inputs=config["model.decoder_inputs"],
                    bias_latent=config["model.bias_latent"],
-                   activation=config["model.decoder_activation"])
+                   activation=config["model.decoder_activation"],
+                   outputs=2 if config["model.pair_scale"] else 1)
 
 
 def build_modules(config: Config, num_movies: int, num_users: int
@@ -44,7 +45,8 @@ def build_modules(config: Config, num_movies: int, num_users: int
     """Model and guide with the sizes of ``config`` (parameters freshly initialized)."""
     threshold = None if config["model.binary_ratings"] else config["model.like_threshold"]
     likelihood = make_likelihood(config["model.likelihood"], threshold=threshold,
-                                 levels=config["model.ordinal_levels"])
+                                 levels=config["model.ordinal_levels"],
+                                 pair_scale=config["model.pair_scale"])
     model = MatrixFactorization(num_movies, num_users, build_decoder(config), likelihood)
     hidden = tuple(config["guide.encoder_hidden"])
     sketched = config["guide.inputs"] == "sketch"  # then both read 2 d sketch coordinates

@@ -17,6 +17,16 @@ family                  p(r | eta)                      data it accepts
 A likelihood also says how observed values are prepared (validated, and for
 Bernoulli thresholded), and how a set of posterior draws of ``eta`` becomes a
 posterior predictive summary (mean, sd, quantiles) and a log predictive density.
+
+A scale per pair (``model.pair_scale``, Normal and ordinal only)
+    The decoder then gives each pair two numbers, ``eta_ij = (mu_ij, rho_ij)``, so
+    ``eta`` has a trailing dimension of 2. ``mu`` takes the place of ``eta`` in the
+    table, and ``s_ij = softplus(rho_ij) / log 2`` (1 at ``rho = 0``) multiplies the
+    family's spread: the Normal is ``Normal(mu, sigma s)``, the ordinal
+    ``P(r <= l_k) = sigmoid((c_k - mu) / s)``. Some users spread their ratings over
+    all five stars and others keep to two, and some movies divide opinion more than
+    others; one shared ``sigma`` (or one set of cut points) cannot say so. Code that
+    needs ``mu`` alone reads :meth:`Likelihood.location`.
 """
 
 from __future__ import annotations
@@ -37,11 +47,43 @@ __all__ = ["Likelihood", "NormalLikelihood", "PoissonLikelihood", "BernoulliLike
 # would make log p(r > 0) = -inf; a floor far below any count scale keeps it finite.
 _MIN_POISSON_RATE = 1e-6
 
+# softplus(rho) underflows to 0 for rho below about -100, a zero scale; this floor on
+# the factor s is far below any spread ratings have (s = 1 is the shared scale).
+_MIN_PAIR_SCALE = 1e-3
+_LOG_2 = math.log(2.0)
+
 
 class Likelihood(PyroModule):
-    """Base class: a family of observation distributions indexed by ``eta``."""
+    """Base class: a family of observation distributions indexed by ``eta``.
+
+    ``pair_scale``: whether ``eta`` carries a scale per pair (a trailing dimension of
+    2, see the module docstring); only the families with a spread parameter accept it.
+    """
 
     name: str = ""
+    has_spread: bool = False  # whether pair_scale is meaningful for the family
+
+    def __init__(self, pair_scale: bool = False):
+        super().__init__()
+        if pair_scale and not self.has_spread:
+            raise ValueError(f"the {self.name} likelihood has no spread parameter for a "
+                             "scale per pair (model.pair_scale); only normal and ordinal do")
+        self.pair_scale = bool(pair_scale)
+
+    @property
+    def outputs(self) -> int:
+        """How many numbers the decoder gives each pair: 2 with ``pair_scale``, else 1."""
+        return 2 if self.pair_scale else 1
+
+    def location(self, eta: torch.Tensor) -> torch.Tensor:
+        """``mu``, one number per pair: ``eta`` itself, or ``eta[..., 0]`` with a scale."""
+        return eta[..., 0] if self.pair_scale else eta
+
+    def pair_scale_factor(self, eta: torch.Tensor) -> torch.Tensor | None:
+        """``s = softplus(rho) / log 2`` per pair (shape of :meth:`location`), or None."""
+        if not self.pair_scale:
+            return None
+        return (F.softplus(eta[..., 1]) / _LOG_2).clamp(min=_MIN_PAIR_SCALE)
 
     def distribution(self, eta: torch.Tensor) -> dist.Distribution:
         """p(r | eta), batch shape ``eta.shape``."""
@@ -107,42 +149,54 @@ def quantile_key(q: float) -> str:
 
 
 class NormalLikelihood(Likelihood):
-    """r ~ Normal(eta, sigma) with one learned noise scale ``sigma > 0``."""
+    """r ~ Normal(eta, sigma) with one learned noise scale ``sigma > 0``.
+
+    With ``pair_scale``, r ~ Normal(mu, sigma s) for ``eta = (mu, rho)``.
+    """
 
     name = "normal"
+    has_spread = True
 
-    def __init__(self, init_scale: float = 1.0):
-        super().__init__()
+    def __init__(self, init_scale: float = 1.0, pair_scale: bool = False):
+        super().__init__(pair_scale)
         self.sigma = PyroParam(torch.tensor(float(init_scale)), constraint=constraints.positive)
 
+    def noise_scale(self, eta: torch.Tensor) -> torch.Tensor:
+        """The sd of each pair's Normal: ``sigma``, or ``sigma s`` (shape of ``mu``)."""
+        factor = self.pair_scale_factor(eta)
+        return self.sigma if factor is None else self.sigma * factor
+
     def distribution(self, eta):
-        return dist.Normal(eta, self.sigma)
+        return dist.Normal(self.location(eta), self.noise_scale(eta))
 
     def cdf_below_at(self, eta, y):
         at = self.distribution(eta).cdf(y)
         return at, at
 
     def predictive_summary(self, eta, quantiles=(0.05, 0.95)):
-        sigma = self.sigma.detach()
-        mean = eta.mean(0)
+        loc = self.location(eta)  # (S, N)
+        scale = self.noise_scale(eta).detach()  # () or (S, N)
+        mean = loc.mean(0)
         # law of total variance over the S mixture components
-        sd = torch.sqrt(eta.var(0, unbiased=False) + sigma**2)
+        sd = torch.sqrt(loc.var(0, unbiased=False) + (scale**2).expand_as(loc).mean(0))
         out = {"mean": mean, "sd": sd}
         for q in quantiles:
-            out[quantile_key(q)] = _normal_mixture_quantile(eta, sigma, q)
+            out[quantile_key(q)] = _normal_mixture_quantile(loc, scale, q)
         return out
 
 
 def _normal_mixture_quantile(loc: torch.Tensor, scale: torch.Tensor, q: float) -> torch.Tensor:
-    """Quantile ``q`` of the equal-weight mixture of Normal(loc[s], scale); shape (N,).
+    """Quantile ``q`` of the equal-weight mixture of Normal(loc[s], scale[s]); shape (N,).
 
-    Bisection on the mixture CDF, which is monotone; 50 halvings of a bracket a few
-    tens of sds wide reach float precision. It runs in float64, so that a bracket of a
-    huge but finite float32 ``scale`` (a diverging fit) does not overflow to inf.
+    ``loc`` has shape (S, N); ``scale`` is one number or has that shape. Bisection on
+    the mixture CDF, which is monotone; 50 halvings of a bracket a few tens of sds wide
+    reach float precision. It runs in float64, so that a bracket of a huge but finite
+    float32 ``scale`` (a diverging fit) does not overflow to inf.
     """
-    loc, scale = loc.double(), scale.double()
-    lo = loc.min(0).values - 10 * scale
-    hi = loc.max(0).values + 10 * scale
+    loc = loc.double()
+    scale = scale.double().expand_as(loc)
+    lo = (loc - 10 * scale).min(0).values
+    hi = (loc + 10 * scale).max(0).values
     for _ in range(50):
         mid = (lo + hi) / 2
         below = torch.special.ndtr((mid - loc) / scale).mean(0) < q
@@ -214,8 +268,8 @@ class BernoulliLikelihood(Likelihood):
 
     name = "bernoulli"
 
-    def __init__(self, threshold: float | None = 3.0):
-        super().__init__()
+    def __init__(self, threshold: float | None = 3.0, pair_scale: bool = False):
+        super().__init__(pair_scale)
         self.threshold = threshold
 
     def distribution(self, eta):
@@ -252,8 +306,12 @@ class BernoulliLikelihood(Likelihood):
         return out
 
 
-def ordinal_log_probs(eta: torch.Tensor, cutpoints: torch.Tensor) -> torch.Tensor:
+def ordinal_log_probs(eta: torch.Tensor, cutpoints: torch.Tensor,
+                      scale: torch.Tensor | None = None) -> torch.Tensor:
     """log P(r = level k | eta) of the cumulative-logit model; shape ``eta.shape + (K,)``.
+
+    ``scale`` (None, or the shape of ``eta``): a logistic scale ``s`` per pair, so that
+    ``P(r <= k) = sigmoid((c_k - eta) / s)`` (``model.pair_scale``).
 
     With ``P(r <= k) = sigmoid(c_k - eta)`` for cut points ``c_1 < ... < c_{K-1}``,
     the mass of level ``k`` is a difference of two sigmoids. Differencing them in
@@ -266,6 +324,8 @@ def ordinal_log_probs(eta: torch.Tensor, cutpoints: torch.Tensor) -> torch.Tenso
     with ``log sigma(a) = -softplus(-a)``, so every level keeps a finite log mass.
     """
     a = cutpoints - eta.unsqueeze(-1)  # (..., K-1): log-odds of r <= k
+    if scale is not None:
+        a = a / scale.unsqueeze(-1)
     log_below = -F.softplus(-a)  # log P(r <= k)
     log_above = -F.softplus(a)  # log P(r > k)
     gap = (a[..., 1:] - a[..., :-1]).clamp(min=1e-12)  # c_k - c_{k-1} > 0
@@ -334,19 +394,23 @@ class OrdinalLikelihood(Likelihood):
     learned cut points ``c_1 < ... < c_{K-1}`` shared by all pairs. A larger ``eta``
     moves mass to higher levels; the cut points fix how far apart the levels lie on
     the logit scale, so the model puts mass only on the levels that exist (a Normal
-    puts it on 3.7 and 6.2) and can be skewed near the ends of the scale.
+    puts it on 3.7 and 6.2) and can be skewed near the ends of the scale. With
+    ``pair_scale``, ``P(r <= l_k) = sigmoid((c_k - mu) / s)`` for ``eta = (mu, rho)``:
+    a small ``s`` concentrates the pair's mass on one or two levels.
 
     Parameters
     ----------
     levels : sequence of float
         The allowed rating values, strictly increasing (``[1, 2, 3, 4, 5]`` for
         MovieLens stars; ``[0.5, 1, ..., 5]`` for half stars).
+    pair_scale : bool
     """
 
     name = "ordinal"
+    has_spread = True
 
-    def __init__(self, levels=(1.0, 2.0, 3.0, 4.0, 5.0)):
-        super().__init__()
+    def __init__(self, levels=(1.0, 2.0, 3.0, 4.0, 5.0), pair_scale: bool = False):
+        super().__init__(pair_scale)
         levels = [float(v) for v in levels]
         if len(levels) < 2 or any(b <= a for a, b in zip(levels[:-1], levels[1:])):
             raise ValueError(f"ordinal levels must be at least two strictly increasing "
@@ -358,8 +422,12 @@ class OrdinalLikelihood(Likelihood):
         self.cutpoints = PyroParam(torch.linspace(-2.0, 2.0, k) if k > 1 else torch.zeros(1),
                                    constraint=constraints.ordered_vector)
 
+    def log_probs(self, eta: torch.Tensor, cutpoints: torch.Tensor) -> torch.Tensor:
+        """log P(r = level k) per pair; shape ``location(eta).shape + (K,)``."""
+        return ordinal_log_probs(self.location(eta), cutpoints, self.pair_scale_factor(eta))
+
     def distribution(self, eta):
-        return OrdinalLevels(ordinal_log_probs(eta, self.cutpoints), self.levels)
+        return OrdinalLevels(self.log_probs(eta, self.cutpoints), self.levels)
 
     def prepare(self, values, *, source="ratings", lines=None):
         values = super().prepare(values, source=source, lines=lines)
@@ -392,11 +460,11 @@ class OrdinalLikelihood(Likelihood):
 
     def _mixture_probs(self, eta):
         """Predictive mass of each level, averaged over the draws; (N, K) from (S, N)."""
-        return ordinal_log_probs(eta, self.cutpoints.detach()).exp().mean(0)
+        return self.log_probs(eta, self.cutpoints.detach()).exp().mean(0)
 
     def cdf_below_at(self, eta, y):
-        cumulative = ordinal_log_probs(eta, self.cutpoints.detach()).exp().cumsum(-1)
-        index = self.distribution(eta).level_index(y).expand(eta.shape)
+        cumulative = self.log_probs(eta, self.cutpoints.detach()).exp().cumsum(-1)
+        index = self.distribution(eta).level_index(y).expand(cumulative.shape[:-1])
         at = cumulative.gather(-1, index.unsqueeze(-1)).squeeze(-1)
         below = torch.where(index > 0, cumulative.gather(
             -1, (index - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1), 0.0)
@@ -421,17 +489,20 @@ LIKELIHOODS = {"normal": NormalLikelihood, "poisson": PoissonLikelihood,
 
 
 def make_likelihood(name: str, *, threshold: float | None = 3.0,
-                    levels=(1.0, 2.0, 3.0, 4.0, 5.0)) -> Likelihood:
+                    levels=(1.0, 2.0, 3.0, 4.0, 5.0), pair_scale: bool = False) -> Likelihood:
     """Build the likelihood called ``name`` (one of :data:`LIKELIHOODS`).
 
-    ``threshold`` is Bernoulli's like threshold, ``levels`` the ordinal rating values.
+    ``threshold`` is Bernoulli's like threshold, ``levels`` the ordinal rating values,
+    ``pair_scale`` a scale per pair (Normal and ordinal only; ValueError otherwise).
     """
     if name == "bernoulli":
-        return BernoulliLikelihood(threshold)
+        return BernoulliLikelihood(threshold, pair_scale=pair_scale)
     if name == "ordinal":
-        return OrdinalLikelihood(levels)
+        return OrdinalLikelihood(levels, pair_scale=pair_scale)
+    if name == "normal":
+        return NormalLikelihood(pair_scale=pair_scale)
     try:
-        return LIKELIHOODS[name]()
+        return LIKELIHOODS[name](pair_scale=pair_scale)
     except KeyError:
         raise ValueError(f"unknown likelihood {name!r}; "
                          f"choose from {sorted(LIKELIHOODS)}") from None

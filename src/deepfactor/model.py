@@ -16,6 +16,10 @@ default and both still this model with standard-normal latents:
   ``eta`` additively, ``eta_ij = f(...) + z_i[D] + z_j[D]`` (a Bayesian movie and
   user bias).
 
+With ``pair_scale = true`` (Normal and ordinal) the decoder's last layer gives two
+numbers per pair, ``eta_ij = (mu_ij, rho_ij)``: a location and the log-like scale of
+:mod:`~deepfactor.likelihoods`; ``eta`` then has a trailing dimension of 2.
+
 Plates and shapes (``S`` is an optional leading sample dimension added by
 vectorized prediction; plates all use ``dim=-1`` of the batch shape)::
 
@@ -56,28 +60,42 @@ class Decoder(nn.Module):
     bias_latent : bool
         Whether each latent carries one more coordinate added to ``eta``.
     activation : {"tanh", "relu", "elu"}
+    outputs : {1, 2}
+        Numbers per pair: ``eta``, or ``(mu, rho)`` for a likelihood with a scale per
+        pair (:attr:`~deepfactor.likelihoods.Likelihood.outputs`). The second output
+        starts at exactly 0 (zero weights and bias), so a fit starts from the shared
+        scale.
     """
 
     def __init__(self, latent_dim: int, hidden=(40,), inputs: str = "product",
-                 bias_latent: bool = False, activation: str = "tanh"):
+                 bias_latent: bool = False, activation: str = "tanh", outputs: int = 1):
         super().__init__()
         if inputs not in DECODER_INPUTS:
             raise ValueError(f"decoder inputs must be one of {DECODER_INPUTS}, got {inputs!r}")
+        if outputs not in (1, 2):
+            raise ValueError(f"a decoder gives 1 or 2 numbers per pair, not {outputs}")
         self.latent_dim, self.inputs, self.bias_latent = latent_dim, inputs, bias_latent
+        self.outputs = outputs
         widths = [latent_dim * (3 if inputs == "product+latents" else 1), *hidden]
         layers: list[nn.Module] = []
         for w_in, w_out in zip(widths[:-1], widths[1:]):
             layers += [nn.Linear(w_in, w_out), _ACTIVATIONS[activation]()]
-        layers.append(nn.Linear(widths[-1], 1))
+        layers.append(nn.Linear(widths[-1], outputs))
+        if outputs == 2:
+            with torch.no_grad():  # rho = 0: every pair starts at the shared scale
+                layers[-1].weight[1].zero_()
+                layers[-1].bias[1].zero_()
         self.net = nn.Sequential(*layers)
 
     @property
     def output_bias(self) -> torch.Tensor:
-        """The bias of the last layer: ``eta`` where every hidden unit is zero."""
-        return self.net[-1].bias
+        """The bias of ``eta`` (of ``mu`` with two outputs) in the last layer, shape (1,):
+        its value where every hidden unit is zero. A view: filling it sets the layer's."""
+        return self.net[-1].bias[:1]
 
     def forward(self, z_movie: torch.Tensor, z_user: torch.Tensor) -> torch.Tensor:
-        """``eta`` for paired latents of shape ``(..., total_dim)``; returns ``(...)``."""
+        """``eta`` for paired latents of shape ``(..., total_dim)``; returns ``(...)``,
+        or ``(..., 2)`` with two outputs."""
         d = self.latent_dim
         zm, zu = z_movie[..., :d], z_user[..., :d]
         features = zm * zu
@@ -88,9 +106,13 @@ class Decoder(nn.Module):
         for layer in hidden_layers:
             h = layer(h)  # (..., width); bfloat16 under train.precision = "bfloat16"
         with torch.autocast(h.device.type, enabled=False):  # eta in float32 regardless
-            eta = output(h.float()).squeeze(-1)  # (...)
-        if self.bias_latent:
-            eta = eta + z_movie[..., d] + z_user[..., d]
+            eta = output(h.float())  # (..., outputs)
+        if self.outputs == 1:
+            eta = eta.squeeze(-1)  # (...)
+        if self.bias_latent:  # added to eta, or to mu
+            bias = z_movie[..., d] + z_user[..., d]  # (...)
+            eta = eta + bias if self.outputs == 1 else torch.cat(
+                [eta[..., :1] + bias.unsqueeze(-1), eta[..., 1:]], dim=-1)
         return eta
 
 

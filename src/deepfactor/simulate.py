@@ -43,7 +43,7 @@ class SyntheticTruth:
     ----------
     z_movie : Tensor, shape (num_movies, total_dim)
     z_user : Tensor, shape (num_users, total_dim)
-    eta : Tensor, shape (num_ratings,)
+    eta : Tensor, shape (num_ratings,), or (num_ratings, 2) with a scale per pair
         The decoder's output for each simulated pair.
     """
 
@@ -108,9 +108,10 @@ def simulate(model: MatrixFactorization, num_ratings: int, seed: int,
     with torch.no_grad():
         last = model.decoder.net[-1]
         eta = model.decoder(z_movie[movie], z_user[user])
-        last.weight.mul_(SIGNAL_SD / float(eta.std()))
+        # row 0 of the last layer gives eta (mu, with a scale per pair)
+        last.weight[0].mul_(SIGNAL_SD / float(model.likelihood.location(eta).std()))
         if output_bias is not None:
-            last.bias.fill_(output_bias)
+            model.decoder.output_bias.fill_(output_bias)
         if hasattr(model.likelihood, "sigma"):
             model.likelihood.sigma = torch.tensor(NOISE_SD)
         eta = model.decoder(z_movie[movie], z_user[user])

@@ -174,15 +174,16 @@ def simulate_movielens(model: MatrixFactorization, num_ratings: int, seed: int,
     z_movie = torch.randn(model.num_movies, model.total_dim, generator=generator)
     z_user = torch.randn(model.num_users, model.total_dim, generator=generator)
 
-    eta = torch.empty(num_ratings)
+    eta = torch.empty(num_ratings, *([2] if model.likelihood.pair_scale else []))
     values = np.empty(num_ratings)
     with torch.no_grad():
         probe = rng.choice(num_ratings, size=min(num_ratings, 100_000), replace=False)
         last = model.decoder.net[-1]
-        last.weight.mul_(SIGNAL_SD / float(model.decoder(z_movie[movie[probe]],
-                                                          z_user[user[probe]]).std()))
+        probe_eta = model.decoder(z_movie[movie[probe]], z_user[user[probe]])
+        # row 0 of the last layer gives eta (mu, with a scale per pair)
+        last.weight[0].mul_(SIGNAL_SD / float(model.likelihood.location(probe_eta).std()))
         if output_bias is not None:
-            last.bias.fill_(output_bias)
+            model.decoder.output_bias.fill_(output_bias)
         if hasattr(model.likelihood, "sigma"):
             model.likelihood.sigma = torch.tensor(NOISE_SD)
         for start in range(0, num_ratings, CHUNK):
