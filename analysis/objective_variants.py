@@ -64,7 +64,6 @@ from contextlib import contextmanager  # noqa: E402
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 import pyro  # noqa: E402
 import torch  # noqa: E402
 from pyro import poutine  # noqa: E402
@@ -72,14 +71,13 @@ from torch.distributions import Normal, kl_divergence  # noqa: E402
 
 import deepfactor.batching as batching  # noqa: E402
 import deepfactor.fitting as fitting  # noqa: E402
-from deepfactor.checkpoint import write_text  # noqa: E402
 from deepfactor.config import load_config  # noqa: E402
 from deepfactor.data.ratings import SparseRows  # noqa: E402
 from deepfactor.fitting import SplitData, load_data  # noqa: E402
 from deepfactor.sketch import DenseRows  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from search_accuracy import active_dimensions  # noqa: E402
+from search_accuracy import score_row, write_table  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -221,29 +219,13 @@ def main() -> None:
         start = time.perf_counter()
         with objective(free_bits, keep, config["train.seed"]):
             fitted = fitting.fit(config, data=shown, progress=False)
-        row = {"row": name, "val_rmse": fitted.metrics["validation"].get("rmse"),
-               "val_lpd": fitted.metrics["validation"].get("lpd"),
-               "active_dims": active_dimensions(fitted),
-               "elbo_per_rating": fitted.metrics["fit"]["final_elbo_per_rating"],
-               "fit_seconds": round(time.perf_counter() - start, 1)}
-        if name in args.report:
-            test = fitted.metrics["test"]
-            row |= {"test_rmse": test["rmse"], "test_mae": test.get("mae"),
-                    "test_lpd": test["lpd"]}
+        row = score_row(name, fitted, time.perf_counter() - start, name in args.report)
         rows.append(row)
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
 
-    table = pd.DataFrame(rows)
-    write_text(os.path.join(args.out, "objective_variants.csv"), table.to_csv(index=False))
-    pd.set_option("display.width", 200)
-    print(f"\n{args.config} {' '.join(args.set)}, split {data.name}, seed {args.seed}; "
-          f"threads {args.threads}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
-    print(table.round(4).to_string(index=False))
-    if "elbo" in table["row"].values:
-        base = table.set_index("row").loc["elbo", "val_rmse"]
-        print("\nvalidation RMSE / the ELBO row's:")
-        print((table.set_index("row")["val_rmse"] / base).round(4).to_string())
-
+    write_table(rows, os.path.join(args.out, "objective_variants.csv"),
+                f"{args.config} {' '.join(args.set)}, split {data.name}, seed {args.seed}; "
+                f"threads {args.threads}")
 
 if __name__ == "__main__":
     main()

@@ -107,6 +107,39 @@ def active_dimensions(fitted) -> int:
                                fitted.config["model.latent_dim"], warn=False)["active"])
 
 
+def score_row(name: str, fitted, seconds: float, reported: bool) -> dict:
+    """One fit's row: validation scores at the kept epoch, active dimensions, the model's
+    ELBO per fit rating, fit seconds; and the test scores when ``reported``."""
+    row = {"row": name, "val_rmse": fitted.metrics["validation"].get("rmse"),
+           "val_lpd": fitted.metrics["validation"].get("lpd"),
+           "active_dims": active_dimensions(fitted),
+           # the model's ELBO, also for rows trained on another objective (a tempered
+           # bound, free bits), which do not maximize it
+           "elbo_per_rating": fitted.metrics["fit"]["final_elbo_per_rating"],
+           "fit_seconds": round(seconds, 1)}
+    if reported:
+        test = fitted.metrics["test"]
+        row |= {"test_rmse": test["rmse"], "test_mae": test.get("mae"),
+                "test_deviance": test.get("deviance"), "test_lpd": test["lpd"]}
+    return row
+
+
+def write_table(rows: list[dict], path: str, heading: str) -> pd.DataFrame:
+    """Write the rows as CSV at ``path`` and print them, with each row's validation RMSE
+    over the ``base`` (or ``elbo``) row's when there is one."""
+    table = pd.DataFrame(rows)
+    write_text(path, table.to_csv(index=False))
+    pd.set_option("display.width", 200)
+    print(f"\n{heading}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    print(table.round(4).to_string(index=False))
+    base = next((b for b in ("base", "elbo") if b in table["row"].values), None)
+    if base is not None:
+        rmse = table.set_index("row")["val_rmse"]
+        print(f"\nvalidation RMSE / the {base} row's:")
+        print((rmse / rmse[base]).round(4).to_string())
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="synthetic data, seconds")
@@ -141,32 +174,14 @@ def main() -> None:
             data.train, data.test.subset(np.arange(0)), data.name, data.truth)
         start = time.perf_counter()
         fitted = fit(config, data=shown, progress=False)
-        row = {"row": name, "overrides": " ".join(overrides) or "(shipped)",
-               "val_rmse": fitted.metrics["validation"].get("rmse"),
-               "val_lpd": fitted.metrics["validation"].get("lpd"),
-               "active_dims": active_dimensions(fitted),
-               "batch_order": fitted.metrics["fit"]["batch_order"],
-               # the model's ELBO per fit rating, also for rows trained on a tempered
-               # bound (train.kl_weight < 1), which do not maximize it
-               "elbo_per_rating": fitted.metrics["fit"]["final_elbo_per_rating"],
-               "fit_seconds": round(time.perf_counter() - start, 1)}
-        if name in args.report:
-            test = fitted.metrics["test"]
-            row |= {"test_rmse": test["rmse"], "test_mae": test.get("mae"),
-                    "test_deviance": test.get("deviance"), "test_lpd": test["lpd"]}
+        row = score_row(name, fitted, time.perf_counter() - start, name in args.report)
+        row |= {"overrides": " ".join(overrides) or "(shipped)",
+                "batch_order": fitted.metrics["fit"]["batch_order"]}
         rows.append(row)
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
 
-    table = pd.DataFrame(rows)
-    write_text(os.path.join(args.out, "search.csv"), table.to_csv(index=False))
-    pd.set_option("display.width", 200)
-    print(f"\nsplit {data.name}; threads {args.threads}; "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
-    print(table.round(4).to_string(index=False))
-    if "base" in table["row"].values:
-        base = table.set_index("row").loc["base", "val_rmse"]
-        print("\nvalidation RMSE / shipped configuration's:")
-        print((table.set_index("row")["val_rmse"] / base).round(4).to_string())
+    write_table(rows, os.path.join(args.out, "search.csv"),
+                f"split {data.name}; threads {args.threads}")
 
 
 if __name__ == "__main__":
