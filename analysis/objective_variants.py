@@ -77,7 +77,7 @@ from deepfactor.fitting import SplitData, load_data  # noqa: E402
 from deepfactor.sketch import DenseRows  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from search_accuracy import score_row, write_table  # noqa: E402
+from search_accuracy import QUICK_SETTINGS, score_row, write_table  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -200,10 +200,7 @@ def main() -> None:
     common = [f"train.num_threads={args.threads}", f"data.split={args.split}",
               f"train.seed={args.seed}", *args.set]
     if args.quick:
-        common = ["data.dataset=synthetic", "data.split=random", "data.synthetic_movies=90",
-                  "data.synthetic_users=70", "data.synthetic_ratings=3000",
-                  "train.batch_size=1000", "train.epochs=3", "train.kl_warmup_epochs=1",
-                  "eval.num_samples=10", "train.num_threads=1"]
+        common = QUICK_SETTINGS
         args.rows, args.report = QUICK_ROWS, QUICK_ROWS[:1]
     os.makedirs(args.out, exist_ok=True)
     config = load_config(os.path.join(REPO, "models", args.config), common)

@@ -98,6 +98,11 @@ GRID: dict[str, tuple[str, list[str]]] = {
     "ordinal_sparse": ("ordinal.toml", ["guide.inputs=sparse"]),
 }
 QUICK_ROWS = ["base", "ordinal"]
+#: ``--quick``: synthetic ratings and a few epochs, every row in about a second.
+QUICK_SETTINGS = ["data.dataset=synthetic", "data.split=random", "data.synthetic_movies=90",
+                  "data.synthetic_users=70", "data.synthetic_ratings=3000",
+                  "train.batch_size=1000", "train.epochs=3", "train.kl_warmup_epochs=1",
+                  "eval.num_samples=10", "train.num_threads=1"]
 
 
 def active_dimensions(fitted) -> int:
@@ -155,10 +160,7 @@ def main() -> None:
     common = [f"train.num_threads={args.threads}", f"data.split={args.split}",
               f"train.seed={args.seed}"]
     if args.quick:
-        common = ["data.dataset=synthetic", "data.split=random", "data.synthetic_movies=90",
-                  "data.synthetic_users=70", "data.synthetic_ratings=3000",
-                  "train.batch_size=1000", "train.epochs=3", "train.kl_warmup_epochs=1",
-                  "eval.num_samples=10", "train.num_threads=1"]
+        common = QUICK_SETTINGS
         args.rows, args.report = QUICK_ROWS, QUICK_ROWS[:1]
     os.makedirs(args.out, exist_ok=True)
 
