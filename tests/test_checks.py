@@ -35,13 +35,21 @@ collapse_ok = pytest.mark.filterwarnings(
 BIAS = {"normal": 3.5, "poisson": 1.0, "bernoulli": 0.0, "ordinal": 0.0}
 
 
-def _truth(likelihood, seed, movies=120, users=90, ratings=3000):
-    """A model holding the true decoder, its simulated ratings, and q = the truth."""
+def _truth(likelihood, seed, movies=120, users=90, ratings=3000, **dotted):
+    """A model holding the true decoder, its simulated ratings, and q = the truth.
+
+    With ``model.pair_scale`` in ``dotted`` the decoder's scale output gets random
+    weights (sd 1), so that the pairs' scales differ by orders of magnitude.
+    """
     config = small_config(**{"model.likelihood": likelihood,
-                             "data.synthetic_movies": movies, "data.synthetic_users": users})
+                             "data.synthetic_movies": movies, "data.synthetic_users": users,
+                             **dotted})
     torch.manual_seed(seed)
     model, _ = build_modules(config, movies, users)
     model.eval()
+    if model.likelihood.pair_scale:
+        with torch.no_grad():
+            model.decoder.net[-1].weight[1].normal_(0.0, 1.0)
     data, truth = simulate(model, ratings, seed, output_bias=BIAS[likelihood])
     # simulate() stores Bernoulli draws as ratings around the threshold: back to targets
     data = Ratings(data.movie, data.user, model.likelihood.prepare(data.rating),
@@ -154,8 +162,9 @@ def test_point_mass_predictive_has_the_exact_mean_and_sd(likelihood):
 # With the true predictive, each rating is inside the central level-a interval independently
 # with probability a (the randomized PIT makes this exact for discrete families too), so the
 # share over N ratings is Binomial(N, a) / N with sd sqrt(a (1 - a) / N). The test allows 4
-# sds: a two-sided false-failure probability of 6.3e-5 per level, at most 80 x 6.3e-5 = 0.5%
-# for the 4 families x 5 seeds x 4 levels below (union bound).
+# sds: a two-sided false-failure probability of 6.3e-5 per level, at most 96 x 6.3e-5 = 0.6%
+# for the 4 families x 5 seeds x 4 levels and the 2 x 2 x 4 with a scale per pair below
+# (union bound).
 Z_TOLERANCE = 4.0
 
 
@@ -169,6 +178,36 @@ def test_interval_coverage_matches_nominal_under_the_true_model(likelihood, seed
     for level, share in dg.interval_coverage(d.pit).items():
         tolerance = dg.coverage_tolerance(level, n, z=Z_TOLERANCE)
         assert abs(share - level) <= tolerance, (level, share, tolerance)
+
+
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("likelihood", ["normal", "ordinal"])
+def test_interval_coverage_with_a_scale_per_pair_under_the_true_model(likelihood, seed):
+    # PIT and intervals must use each pair's own scale: with the shared scale in the
+    # PIT instead, the 50% interval covered 25-45% of these data (seeds 0, 1)
+    model, point, data = _truth(likelihood, seed, **{"model.pair_scale": True})
+    d = checks.draw_predictive(model, point, {"t": (data.movie, data.user, data.rating)},
+                               num_samples=2, seed=seed)["t"]
+    with torch.no_grad():
+        eta = model.decoder(point.z_movie_loc[data.movie], point.z_user_loc[data.user])
+    s = model.likelihood.pair_scale_factor(eta)
+    assert float(s.max() / s.min()) > 10  # the scales really differ
+    for level, share in dg.interval_coverage(d.pit).items():
+        tolerance = dg.coverage_tolerance(level, len(data), z=Z_TOLERANCE)
+        assert abs(share - level) <= tolerance, (level, share, tolerance)
+
+
+def test_half_star_levels_keep_their_values_in_the_replications():
+    levels = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0]
+    model, point, data = _truth("ordinal", seed=0, ratings=400,
+                                **{"model.ordinal_levels": levels})
+    draws = checks.draw_predictive(model, point, {"train": (data.movie, data.user,
+                                                            data.rating)}, num_samples=5)
+    replicated = draws["train"].replicated
+    assert set(np.unique(replicated)) <= set(levels)
+    assert np.any(replicated % 1 == 0.5)  # not truncated to whole stars
+    idata = checks.to_inference_data(draws, data.movie_ids, data.user_ids, prior=True)
+    np.testing.assert_array_equal(idata.observed_data["rating"].values, data.rating)
 
 
 def test_coverage_check_detects_a_predictive_twice_too_wide():

@@ -34,8 +34,9 @@ The data object (``checks/predictive.nc``)
     the raw ids of its ratings as coords ``<dim>_movie`` and ``<dim>_user``
     (``heldout_movie``, ``heldout_user``, ``train_movie``, ``train_user``). PSIS-LOO runs
     on ``rating_train`` (``az.loo(idata, var_name="rating_train")``); ``rating`` is
-    scored as held-out data directly. Discrete families store int64 draws, so ArviZ
-    plots them as discrete. A prior check writes ``prior`` and ``prior_predictive``
+    scored as held-out data directly. Discrete families with whole-number values store
+    int64 draws, so ArviZ plots them as discrete; ordinal levels that are not whole
+    numbers (half stars) are stored as floats, which ArviZ plots as continuous. A prior check writes ``prior`` and ``prior_predictive``
     instead, on the training sample, under the name ``rating``.
 
 Simplified
@@ -45,7 +46,9 @@ Simplified
     * LOO runs on a sample of the training ratings (``train_sample``, 20,000 by
       default) because ArviZ 0.23 has no subsampled LOO; the total is extrapolated
       with its sampling standard error.
-    * ``sigma`` (Normal) is a learned point estimate, constant over the draws.
+    * ``sigma`` (Normal) is a learned point estimate, constant over the draws. With a
+      scale per pair (``model.pair_scale``) it is the shared factor only: a pair's sd is
+      ``sigma s``, and ``s`` is not exported.
 """
 
 from __future__ import annotations
@@ -99,7 +102,8 @@ class PredictiveDraws:
     observed : ndarray of float64, shape (N,)
         The likelihood's targets.
     replicated : ndarray, shape (S, N)
-        ``y_rep[s, k] ~ p(r | eta[s, k])`` (int64 for discrete families).
+        ``y_rep[s, k] ~ p(r | eta[s, k])`` (int64 for discrete families whose values are
+        whole numbers; half-star ordinal levels stay floats).
     log_lik : ndarray of float64, shape (S, N)
         ``log p(observed[k] | eta[s, k])``.
     pit : ndarray of float64, shape (N,)
@@ -170,8 +174,10 @@ def draw_predictive(model: MatrixFactorization, posterior: Posterior,
     sizes = [len(sets[name][0]) for name in names]
     set_of = torch.from_numpy(np.repeat(np.arange(len(names)), sizes))  # (n,) set of each
     y_all = torch.as_tensor(observed_all, dtype=posterior.z_movie_loc.dtype)
+    levels = getattr(model.likelihood, "levels", None)  # ordinal: may be half stars
     acc = _Accumulator(num_samples, len(movie_all), len(names),
-                       discrete=not isinstance(model.likelihood, NormalLikelihood))
+                       discrete=not isinstance(model.likelihood, NormalLikelihood),
+                       whole=levels is None or bool(torch.all(levels == levels.round())))
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -202,9 +208,12 @@ def draw_predictive(model: MatrixFactorization, posterior: Posterior,
 class _Accumulator:
     """Outputs of :func:`draw_predictive` filled block by block, chunk by chunk."""
 
-    def __init__(self, num_samples: int, n: int, num_sets: int, discrete: bool):
+    def __init__(self, num_samples: int, n: int, num_sets: int, discrete: bool,
+                 whole: bool = True):
         self.num_samples, self.discrete = num_samples, discrete
-        self.replicated = np.empty((num_samples, n), np.int64 if discrete else np.float32)
+        # int64 would truncate half-star levels (3.5 -> 3)
+        self.replicated = np.empty((num_samples, n),
+                                   np.int64 if discrete and whole else np.float32)
         self.log_lik = np.empty((num_samples, n))
         self.eta_sum = np.zeros((num_samples, num_sets))  # sum of eta per draw and set
         # sums over draws, per rating: CDF below and at y, mixture moments
