@@ -155,6 +155,12 @@ def main() -> None:
                             np.random.default_rng(seed))
     optimizer = torch.optim.Adam(trained, lr=args.lr)
     elbo = pyro.infer.Trace_ELBO()
+    # scored before seeding the refinement: --train-decoder changes the model below
+    data = load_data(config) if not args.run or config["data.dataset"] != "synthetic" else None
+    if data is not None:
+        test = with_targets(fitted.reindex(data.test), model.likelihood, config)
+        before = scores(model, amortized, test, seed)
+
     pyro.set_rng_seed(seed)
 
     rows = []
@@ -165,11 +171,6 @@ def main() -> None:
                      seconds))
         print(f"epoch {epoch:3d}: ELBO/rating {rows[-1][1]:.4f}, validation RMSE {rmse:.4f}, "
               f"lpd {lpd:.4f}  ({seconds:.0f} s)", flush=True)
-
-    data = load_data(config) if not args.run or config["data.dataset"] != "synthetic" else None
-    if data is not None:  # scored now: --train-decoder changes the model below
-        test = with_targets(fitted.reindex(data.test), model.likelihood, config)
-        before = scores(model, amortized, test, seed)
 
     start = time.perf_counter()
     record(0, 0.0)

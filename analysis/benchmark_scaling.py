@@ -328,6 +328,14 @@ def main() -> None:
                                 args.set)))
         return
 
+    from deepfactor.config import load_config
+
+    config = load_config(args.config, args.set)
+    if config["model.likelihood"] != "normal" or config["model.pair_scale"]:
+        # _PlainELBO, the reference, writes out the shared-scale Normal model only
+        sys.exit(f"{args.config}: the plain PyTorch reference implements the Normal "
+                 "likelihood with one shared sigma; use model.likelihood = 'normal' and "
+                 "model.pair_scale = false")
     load_before = os.getloadavg()[0]
     rows = []
     for n in sorted(args.sizes):  # one process per size: its own peak memory

@@ -67,9 +67,10 @@ def test_ordinal_pair_scale_divides_the_log_odds(rng):
                           append=torch.ones(6, 9, 1))
     torch.testing.assert_close(probs, expected, atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(probs.sum(-1), torch.ones(6, 9))
-    # the same as the shared-scale masses at eta / s with cut points c / s: one formula
-    torch.testing.assert_close(ordinal_log_probs(eta[..., 0], CUTS, s),
-                               lik.distribution(eta).log_probs)
+    # the same as the shared-scale formula at mu / s with per-pair cut points c / s
+    unscaled = ordinal_log_probs(eta[..., 0] / s, CUTS / s.unsqueeze(-1))
+    torch.testing.assert_close(unscaled, lik.distribution(eta).log_probs, atol=1e-5,
+                               rtol=1e-5)
 
 
 def test_a_smaller_scale_concentrates_an_ordinal_pair():

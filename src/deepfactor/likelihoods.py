@@ -47,8 +47,9 @@ __all__ = ["Likelihood", "NormalLikelihood", "PoissonLikelihood", "BernoulliLike
 # would make log p(r > 0) = -inf; a floor far below any count scale keeps it finite.
 _MIN_POISSON_RATE = 1e-6
 
-# softplus(rho) underflows to 0 for rho below about -100, a zero scale; this floor on
-# the factor s is far below any spread ratings have (s = 1 is the shared scale).
+# softplus(rho) reaches 0 (a zero scale, an infinite density) as rho falls; the floor
+# s >= 1e-3 (rho below about -7.6) is far below any spread ratings have: on MovieLens
+# u1 the fitted s lies between 0.46 and 1.22 for 90% of the pairs (README, Results).
 _MIN_PAIR_SCALE = 1e-3
 _LOG_2 = math.log(2.0)
 
@@ -86,7 +87,8 @@ class Likelihood(PyroModule):
         return (F.softplus(eta[..., 1]) / _LOG_2).clamp(min=_MIN_PAIR_SCALE)
 
     def distribution(self, eta: torch.Tensor) -> dist.Distribution:
-        """p(r | eta), batch shape ``eta.shape``."""
+        """p(r | eta), batch shape ``location(eta).shape`` (``eta.shape`` without a scale
+        per pair)."""
         raise NotImplementedError
 
     def prepare(self, values: np.ndarray, *, source: str = "ratings",
@@ -110,7 +112,7 @@ class Likelihood(PyroModule):
         """Set data-dependent starting values from training ``targets`` (default: none)."""
 
     def mean(self, eta: torch.Tensor) -> torch.Tensor:
-        """E[r | eta], same shape as ``eta``."""
+        """E[r | eta], shape ``location(eta).shape``."""
         return self.distribution(eta).mean
 
     def log_predictive_density(self, eta: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,8 @@ vectorized prediction; plates all use ``dim=-1`` of the batch shape)::
     z_movie   movies     (S, batch_movies)  (D [+1],)
     z_user    users      (S, batch_users)   (D [+1],)
     rating    ratings    (S, B)             ()
+
+The decoder's output ``eta`` has shape ``(S, B)``, or ``(S, B, 2)`` with a scale per pair.
 """
 
 from __future__ import annotations

@@ -69,7 +69,8 @@ def encode_posterior(guide: AmortizedGuide, inputs: EncoderInputs, num_movies: i
 @torch.no_grad()
 def draw_eta(model: MatrixFactorization, posterior: Posterior, movie: np.ndarray,
              user: np.ndarray, num_samples: int, generator: torch.Generator) -> torch.Tensor:
-    """Draws of ``eta`` for pairs (movie[k], user[k]); shape ``(num_samples, len(movie))``."""
+    """Draws of ``eta`` for pairs (movie[k], user[k]); shape ``(num_samples, len(movie))``,
+    or ``(num_samples, len(movie), 2)`` with a scale per pair (``model.pair_scale``)."""
     movies, movie_local = np.unique(movie, return_inverse=True)
     users, user_local = np.unique(user, return_inverse=True)
     z_movie = _draw(posterior.z_movie_loc, posterior.z_movie_scale, movies, num_samples,
