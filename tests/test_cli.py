@@ -242,3 +242,27 @@ def test_an_implicit_run_fits_evaluates_and_recommends_from_the_command_line(tmp
     result = run("recommend", str(out), "--user", "1", "-k", "3")
     assert result.returncode == 0, result.stderr
     assert "top 3 for user 1" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["predict", "recommend"])
+def test_zero_or_negative_samples_are_refused(run_dir, tmp_path, command):
+    # 0 once fell back to eval.num_samples silently
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("3\t7\n")
+    target = (["--pairs", str(pairs), "--out", str(tmp_path / "p.csv")]
+              if command == "predict" else ["--user", "3"])
+    for samples in ("0", "-5"):
+        result = run(command, str(run_dir), *target, "--samples", samples)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip() == (f"deepfactor: error: --samples must be at least 1, "
+                                          f"got {samples}")
+
+
+def test_the_library_refuses_zero_draws_too(run_dir):
+    from deepfactor import load
+
+    fitted = load(run_dir)
+    with pytest.raises(ValueError, match="at least 1, got 0"):
+        fitted.predict(["3"], ["7"], num_samples=0)
+    with pytest.raises(ValueError, match="at least 1, got 0"):
+        fitted.recommend("3", k=2, num_samples=0)

@@ -398,6 +398,7 @@ def _predict(args) -> int:
     from .data.readers import read_pairs
     from .fitted import load
 
+    _check_samples(args)
     fitted = load(args.run)
     users, movies = read_pairs(args.pairs)
     frame = fitted.predict(users, movies, num_samples=args.samples)
@@ -450,6 +451,12 @@ def _shortlist(text: str) -> int | str | None:
             f"expected a count, 'auto' or 'all', got {text!r}") from None
 
 
+def _check_samples(args) -> None:
+    """``--samples`` of predict and recommend: at least 1 when given."""
+    if args.samples is not None and args.samples < 1:
+        raise UsageError(f"--samples must be at least 1, got {args.samples}")
+
+
 def _recommend(args) -> int:
     import warnings
 
@@ -457,6 +464,8 @@ def _recommend(args) -> int:
     from .fitted import load
     from .foldin import FoldInWarning, fold_in, read_fold_in_ratings
     from .recommend import movie_titles, recommend
+
+    _check_samples(args)
 
     if args.k < 1 or not 0 < args.quantile < 1 or (
             isinstance(args.shortlist, int) and args.shortlist < args.k):

@@ -23,7 +23,7 @@ from .data.ratings import IdIndex, Ratings, SparseRows
 from .guide import AmortizedGuide, Encoder
 from .likelihoods import make_likelihood
 from .model import Decoder, MatrixFactorization
-from .predict import Posterior, encode_posterior, predictive_summaries
+from .predict import Posterior, draw_count, encode_posterior, predictive_summaries
 from .sketch import Sketch
 
 __all__ = ["FittedModel", "build_decoder", "build_modules", "load"]
@@ -123,7 +123,7 @@ class FittedModel:
         """Posterior predictive summaries at index pairs; see :func:`predictive_summaries`."""
         return predictive_summaries(
             self.model, self.posterior, np.asarray(movie), np.asarray(user),
-            num_samples=num_samples or self.config["eval.num_samples"],
+            num_samples=draw_count(num_samples, self.config["eval.num_samples"]),
             seed=self.config["train.seed"] if seed is None else seed,
             target=target, quantiles=quantiles)
 

@@ -31,7 +31,7 @@ from .guide import AmortizedGuide
 from .likelihoods import quantile_key
 from .model import MatrixFactorization
 
-__all__ = ["Posterior", "encode_posterior", "draw_eta", "predictive_summaries"]
+__all__ = ["Posterior", "encode_posterior", "draw_eta", "predictive_summaries", "draw_count"]
 
 #: Pairs decoded at once; 4096 pairs x 100 draws x 40 hidden units is about 65 MB.
 DEFAULT_CHUNK = 4096
@@ -85,6 +85,22 @@ def _draw(loc, scale, rows, num_samples, generator):
     eps = torch.randn((num_samples, len(rows), loc.shape[-1]), generator=generator,
                       dtype=loc.dtype)
     return loc[rows] + scale[rows] * eps
+
+
+def draw_count(num_samples: int | None, default: int) -> int:
+    """``num_samples`` posterior draws, or ``default`` for None; at least 1.
+
+    Raises
+    ------
+    ValueError
+        For 0 or a negative number (0 once meant "the default" by accident).
+    """
+    if num_samples is None:
+        return default
+    if num_samples < 1:
+        raise ValueError(f"the number of posterior draws must be at least 1, "
+                         f"got {num_samples}")
+    return int(num_samples)
 
 
 def chunks(n: int, size: int = DEFAULT_CHUNK) -> Iterator[slice]:

@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .foldin import FoldIn
-from .predict import DEFAULT_CHUNK, chunks, draw_eta
+from .predict import DEFAULT_CHUNK, chunks, draw_count, draw_eta
 
 if TYPE_CHECKING:
     from .data.ratings import IdIndex, Ratings
@@ -213,7 +213,7 @@ def recommend(fitted: FittedModel, user: object | FoldIn, k: int = 10, *,
     else:
         scored = _score(fitted.model, one_loc, one_scale, one_is_user, other_loc[pool],
                         other_scale[pool], strategy, quantile,
-                        num_samples or config["eval.num_samples"],
+                        draw_count(num_samples, config["eval.num_samples"]),
                         config["train.seed"] if seed is None else seed)
     score = scored.score.numpy().astype(np.float64)
     best = _top(score, k)
@@ -319,7 +319,7 @@ def iter_complete(fitted: FittedModel, users: Sequence[object] | None = None,
     user_index, _ = _indices(fitted.user_ids, users, "user id")
     movie_index, _ = _indices(fitted.movie_ids, movies, "movie id")
     config = fitted.config
-    num_samples = num_samples or config["eval.num_samples"]
+    num_samples = draw_count(num_samples, config["eval.num_samples"])
     generator = torch.Generator().manual_seed(config["train.seed"] if seed is None else seed)
     likelihood = fitted.model.likelihood
     num_movies = len(movie_index)
