@@ -336,9 +336,10 @@ def test_pareto_k_bands_add_up():
 
 # -- the report -------------------------------------------------------------------------
 
-SUMMARY_KEYS = {"kind", "likelihood", "implicit", "dataset", "split", "num_samples", "seed",
-                "num_heldout", "num_train", "num_train_sample", "coverage", "coverage_sd",
-                "pit", "reliability", "elpd_heldout", "loo", "p_values", "collapse", "files"}
+SUMMARY_KEYS = {"kind", "likelihood", "pair_scale", "implicit", "dataset", "split",
+                "num_samples", "seed", "num_heldout", "num_train", "num_train_sample",
+                "coverage", "coverage_sd", "pit", "reliability", "elpd_heldout", "loo",
+                "p_values", "collapse", "files"}
 EVERY_RUN_FILE = {"predictive.nc", "report.md", "summary.json", "coverage.csv",
                   "coverage.png", "pit.png", "elpd.csv", "pareto_k.csv", "pareto_k.png",
                   "kl.csv", "kl.png", "completion.png",

@@ -160,3 +160,23 @@ def test_a_pair_scale_fit_saves_loads_checks_recommends_and_folds_in(family, tmp
     assert len(top) == 3 and top["mean"].is_monotonic_decreasing
     new_user = again.fold_in({movies[0]: 5, movies[1]: 1})
     assert np.isfinite(new_user.predict(movies[:2])["mean"]).all()
+
+
+def test_metrics_summary_and_report_say_a_scale_per_pair(tmp_path):
+    from deepfactor.check_report import PosteriorCollapseWarning, _markdown, posterior_checks
+    from deepfactor.cli import _summary
+    from deepfactor.fitting import fit, load_data
+
+    config = small_config(**{"model.likelihood": "ordinal", "model.pair_scale": True})
+    fitted = fit(config, progress=False)
+    assert fitted.metrics["pair_scale"] is True
+    assert "ordinal likelihood with a scale per pair" in _summary(fitted.metrics, "test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PosteriorCollapseWarning)
+        report = posterior_checks(fitted, load_data(config).test, num_samples=4,
+                                  train_sample=100, seed=0)
+    assert report.summary["pair_scale"] is True
+    assert "ordinal likelihood with a scale per pair" in _markdown(report).splitlines()[0]
+    shared = fit(small_config(**{"model.likelihood": "ordinal"}), progress=False)
+    assert shared.metrics["pair_scale"] is False
+    assert "scale per pair" not in _summary(shared.metrics, "test")

@@ -93,7 +93,7 @@ def _train_sample(ratings: Ratings, size: int, seed: int) -> Ratings:
 
 def _empty_summary(kind: str, config: Config, num_samples: int, seed: int) -> dict:
     return {"kind": kind, "likelihood": config["model.likelihood"],
-            "implicit": config["data.implicit"],
+            "pair_scale": config["model.pair_scale"], "implicit": config["data.implicit"],
             "dataset": config["data.dataset"], "split": config["data.split"],
             "num_samples": num_samples, "seed": seed, "num_heldout": None,
             "num_train": None, "num_train_sample": None, "coverage": None,
@@ -606,7 +606,9 @@ def _save_figure(fig, path: Path) -> Path:
 def _markdown(report: CheckReport) -> str:
     s = report.summary
     title = "Prior predictive check" if report.kind == "prior" else "Posterior checks"
-    lines = [f"# {title}: {s['likelihood']} likelihood, {s['dataset']} {s['split']}", "",
+    scaled = " with a scale per pair" if s.get("pair_scale") else ""
+    lines = [f"# {title}: {s['likelihood']} likelihood{scaled}, {s['dataset']} {s['split']}",
+             "",
              f"{s['num_samples']} draws (seed {s['seed']}); "
              + (f"{s['num_heldout']} held-out ratings; " if s["num_heldout"] else "")
              + f"a sample of {s['num_train_sample']} of {s['num_train']} training ratings. "

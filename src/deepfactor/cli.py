@@ -327,7 +327,8 @@ def _summary(metrics: dict, label: str) -> str:
     scored = ("cells scored (held-out pairs and as many empty cells)"
               if metrics.get("implicit") else "ratings scored")
     lines = [f"{label}: {test['num_ratings']} {scored} ({test['num_cold']} cold start), "
-             f"{metrics['likelihood']} likelihood",
+             f"{metrics['likelihood']} likelihood"
+             f"{' with a scale per pair' if metrics.get('pair_scale') else ''}",
              f"{'metric':<10}{'deepfactor':>12}{'global_mean':>13}{'bias':>10}"]
     for key in keys:
         cells = [test[key], refs["global_mean"][key], refs["bias"][key]]

@@ -406,6 +406,7 @@ def evaluate(fitted: FittedModel, test: Ratings) -> dict:
         "dataset": fitted.config["data.dataset"],
         "split": fitted.config["data.split"],
         "likelihood": name,
+        "pair_scale": fitted.config["model.pair_scale"],
         "implicit": fitted.implicit,
         "test": {**rating_metrics(name, test.rating, out["mean"], out["lpd"]),
                  "num_cold": int(cold.sum())},
