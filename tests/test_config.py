@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from deepfactor.config import KEYS, Config, ConfigError, load_config
@@ -72,3 +74,22 @@ def test_shipped_configs_list_every_key(path):
 def test_a_bad_override_is_blamed_on_set_not_on_the_file():
     with pytest.raises(ConfigError, match=r"^--set: 'train.epochs' must be int, got 'abc'"):
         load_config(REPO / "models" / "gaussian.toml", ["train.epochs=abc"])
+
+
+def test_a_conflict_made_by_set_names_the_file_too(tmp_path):
+    path = tmp_path / "scaled.toml"
+    path.write_text('[model]\nlikelihood = "ordinal"\npair_scale = true\n')
+    with pytest.raises(ConfigError, match=rf"^--set \(on {re.escape(str(path))}\): "
+                                          r"'model.pair_scale' = true needs"):
+        load_config(path, ["model.likelihood=poisson"])
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: 'model.pair_scale'"):
+        path.write_text('[model]\nlikelihood = "poisson"\npair_scale = true\n')
+        load_config(path)
+
+
+def test_implicit_negatives_without_an_implicit_fit_is_an_error(tmp_path):
+    path = tmp_path / "negatives.toml"
+    path.write_text("[data]\nimplicit_negatives = 1.0\n")
+    with pytest.raises(ConfigError, match="'data.implicit_negatives' = 1 draws zeros for an "
+                                          "implicit fit, but 'data.implicit' is false"):
+        load_config(path)

@@ -334,7 +334,8 @@ def _check_together(values: Mapping[str, Any], source: str,
                     overridden: Iterable[str] = ()) -> None:
     """Checks that involve more than one key; blamed on ``--set`` if it gave one of them."""
     def blame(*names: str) -> str:
-        return "--set" if set(names) & set(overridden) else source
+        """Where the conflict comes from: the file, or ``--set`` on it."""
+        return f"--set (on {source})" if set(names) & set(overridden) else source
 
     implicit = ("data.implicit", "model.likelihood", "model.binary_ratings")
     if values["data.implicit"] and (values["model.likelihood"] != "bernoulli"
@@ -342,6 +343,11 @@ def _check_together(values: Mapping[str, Any], source: str,
         raise ConfigError(f"{blame(*implicit)}: 'data.implicit' = true observes 0/1 cells: "
                           "it needs model.likelihood = 'bernoulli' and "
                           "model.binary_ratings = true")
+    if values["data.implicit_negatives"] and not values["data.implicit"]:
+        raise ConfigError(f"{blame('data.implicit_negatives', 'data.implicit')}: "
+                          f"'data.implicit_negatives' = {values['data.implicit_negatives']:g} "
+                          "draws zeros for an implicit fit, but 'data.implicit' is false; set "
+                          "it to 0 or turn data.implicit on")
     if values["model.pair_scale"] and values["model.likelihood"] not in ("normal", "ordinal"):
         raise ConfigError(f"{blame('model.pair_scale', 'model.likelihood')}: "
                           f"'model.pair_scale' = true needs a likelihood with a spread to "
