@@ -113,3 +113,13 @@ def test_written_files_follow_the_umask_not_the_temporary_files_0600(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
+
+
+def test_loading_a_config_file_as_a_run_says_what_load_reads():
+    from conftest import REPO
+    from deepfactor import load
+
+    path = REPO / "models" / "ordinal.toml"
+    with pytest.raises(CheckpointError, match=r"ordinal\.toml: not a run; load reads the "
+                                              r"folder that `deepfactor fit --out` wrote"):
+        load(path)

@@ -240,6 +240,9 @@ class FittedModel:
             path = path / CHECKPOINT_NAME
         elif not path.exists():
             raise CheckpointError(f"{path}: no such run directory")
+        elif path.suffix.lower() in (".toml", ".json", ".csv", ".md"):
+            raise CheckpointError(f"{path}: not a run; load reads the folder that "
+                                  f"`deepfactor fit --out` wrote (or its {CHECKPOINT_NAME})")
         state = load_checkpoint(path)
         try:
             config = Config.from_saved(state["config"], source=str(path))
