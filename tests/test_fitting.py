@@ -60,6 +60,9 @@ def test_metrics_layout(likelihood, keys):
     assert m["fit"]["num_fit_ratings"] + m["fit"]["num_validation_ratings"] == \
         m["fit"]["num_train_ratings"]
     assert np.isfinite(m["fit"]["final_elbo"])
+    if likelihood == "bernoulli":  # one probability per pair: log-loss is minus the lpd
+        for scores in (m["test"], m["reference"]["bias"], m["reference"]["global_mean"]):
+            assert scores["log_loss"] == pytest.approx(-scores["lpd"], rel=1e-6)
 
 
 def test_cold_start_ratings_are_scored_from_the_prior():
@@ -124,3 +127,23 @@ def test_scoring_ratings_the_encoders_read_warns():
     with pytest.warns(HeldOutOverlapWarning, match=r"^15 of the \d+ test ratings"):
         evaluate(fitted, leaky)
     evaluate(fitted, data.test)  # the split's own test file: no warning (warnings are errors)
+
+
+def test_bernoulli_reference_log_loss_is_minus_its_lpd_when_the_bias_model_overshoots(
+        monkeypatch):
+    # the linear bias model can predict outside [0, 1] (it does on MovieLens); its
+    # log-loss and lpd must then use the same clipped probability
+    from deepfactor.baselines import BiasModel
+
+    original = BiasModel.predict
+
+    def overshooting(self, movie, user):
+        p = original(self, movie, user).copy()
+        p[::3], p[1::3] = 1.3, -0.2
+        return p
+
+    monkeypatch.setattr(BiasModel, "predict", overshooting)
+    fitted = fit(small_config(**{"model.likelihood": "bernoulli", "train.epochs": 1}),
+                 progress=False)
+    bias = fitted.metrics["reference"]["bias"]
+    assert bias["log_loss"] == pytest.approx(-bias["lpd"], rel=1e-9)

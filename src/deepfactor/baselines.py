@@ -8,7 +8,7 @@
 Both are point predictors. To give them a log predictive density they are turned into
 plug-in predictive distributions of the run's family: Normal with the training
 residual sd, Poisson with the predicted mean as rate, Bernoulli with the predicted
-mean (clipped into (0, 1)) as probability, ordinal with that Normal discretized onto
+mean clipped into ``[0.001, 0.999]`` (:func:`as_probability`) as probability, ordinal with that Normal discretized onto
 the levels (each level gets the Normal's mass between the midpoints to its
 neighbours; the lowest and highest levels take the tails).
 """
@@ -18,10 +18,21 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-__all__ = ["GlobalMean", "BiasModel", "plugin_lpd", "level_bins"]
+__all__ = ["GlobalMean", "BiasModel", "plugin_lpd", "level_bins", "as_probability"]
 
 _PROBABILITY_FLOOR = 1e-3  # a point predictor of 0 or 1 would give lpd = -inf
 _MIN_RATE = 1e-3
+
+
+def as_probability(prediction: np.ndarray) -> np.ndarray:
+    """A point prediction of a 0/1 rating as the plug-in Bernoulli's probability.
+
+    The bias model is linear, so it can predict below 0 or above 1; clipped into
+    ``[0.001, 0.999]`` (0 or 1 would make the log-loss of a miss infinite). The same
+    probability feeds the reference's log-loss, AUC and accuracy and its lpd, so that
+    its log-loss is exactly minus its lpd, as for the fitted model.
+    """
+    return np.clip(prediction, _PROBABILITY_FLOOR, 1 - _PROBABILITY_FLOOR)
 
 
 class GlobalMean:
@@ -93,7 +104,7 @@ def plugin_lpd(likelihood: str, target: np.ndarray, prediction: np.ndarray,
         return stats.norm.logpdf(target, loc=prediction, scale=residual_sd)
     if likelihood == "poisson":
         return stats.poisson.logpmf(target, np.maximum(prediction, _MIN_RATE))
-    p = np.clip(prediction, _PROBABILITY_FLOOR, 1 - _PROBABILITY_FLOOR)
+    p = as_probability(prediction)
     return np.where(target > 0.5, np.log(p), np.log1p(-p))
 
 

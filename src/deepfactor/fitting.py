@@ -26,7 +26,7 @@ import numpy as np
 import pyro
 import torch
 
-from .baselines import BiasModel, GlobalMean, plugin_lpd
+from .baselines import BiasModel, GlobalMean, as_probability, plugin_lpd
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .batching import EncoderInputs, RatingBatcher
 from .config import Config, ConfigError
@@ -423,7 +423,7 @@ def evaluate(fitted: FittedModel, test: Ratings) -> dict:
             reference.fit(train.movie, train.user, train.rating)
         pred = reference.predict(test.movie, test.user)
         if name == "bernoulli":
-            pred = np.clip(pred, 0.0, 1.0)
+            pred = as_probability(pred)
         lpd = plugin_lpd(name, test.rating, pred, reference.residual_sd,
                          levels=fitted.config["model.ordinal_levels"])
         scores = rating_metrics(name, test.rating, pred, lpd)
