@@ -25,9 +25,10 @@ Model
       the evidence.
     * ``dropout_P``: at every training step each training rating is hidden from the
       movie encoder with probability ``1 - P`` and, independently, from the user
-      encoder, and each encoder reads the sketch of what is left, with its count. For each draw this is
-      a valid guide, so the objective is an average of ELBOs, still a lower bound, but
-      of a guide that reads less than the one used for prediction (which reads all).
+      encoder, and each encoder reads the sketch of what is left, with its count. For
+      each draw this is a valid guide, so the objective is an average of ELBOs, still a
+      lower bound, but of a guide that reads less than the one used for prediction
+      (which reads all).
       Needs sketched inputs on data small enough for every entity to be encoded at
       each step (as MovieLens 100K is).
 Measured

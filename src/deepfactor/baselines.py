@@ -8,9 +8,9 @@
 Both are point predictors. To give them a log predictive density they are turned into
 plug-in predictive distributions of the run's family: Normal with the training
 residual sd, Poisson with the predicted mean as rate, Bernoulli with the predicted
-mean clipped into ``[0.001, 0.999]`` (:func:`as_probability`) as probability, ordinal with that Normal discretized onto
-the levels (each level gets the Normal's mass between the midpoints to its
-neighbours; the lowest and highest levels take the tails).
+mean clipped into ``[0.001, 0.999]`` (:func:`as_probability`) as probability, ordinal
+with that Normal discretized onto the levels (each level gets the Normal's mass between
+the midpoints to its neighbours; the lowest and highest levels take the tails).
 """
 
 from __future__ import annotations

@@ -36,8 +36,9 @@ The data object (``checks/predictive.nc``)
     on ``rating_train`` (``az.loo(idata, var_name="rating_train")``); ``rating`` is
     scored as held-out data directly. Discrete families with whole-number values store
     int64 draws, so ArviZ plots them as discrete; ordinal levels that are not whole
-    numbers (half stars) are stored as floats, which ArviZ plots as continuous. A prior check writes ``prior`` and ``prior_predictive``
-    instead, on the training sample, under the name ``rating``.
+    numbers (half stars) are stored as floats, which ArviZ plots as continuous. A prior
+    check writes ``prior`` and ``prior_predictive`` instead, on the training sample,
+    under the name ``rating``.
 
 Simplified
     * PSIS-LOO treats the draws of q as posterior draws; q is an amortized
