@@ -71,11 +71,6 @@ class Likelihood(PyroModule):
                              "scale per pair (model.pair_scale); only normal and ordinal do")
         self.pair_scale = bool(pair_scale)
 
-    @property
-    def outputs(self) -> int:
-        """How many numbers the decoder gives each pair: 2 with ``pair_scale``, else 1."""
-        return 2 if self.pair_scale else 1
-
     def location(self, eta: torch.Tensor) -> torch.Tensor:
         """``mu``, one number per pair: ``eta`` itself, or ``eta[..., 0]`` with a scale."""
         return eta[..., 0] if self.pair_scale else eta

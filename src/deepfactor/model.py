@@ -17,7 +17,7 @@ default and both still this model with standard-normal latents:
   user bias).
 
 With ``pair_scale = true`` (Normal and ordinal) the decoder's last layer gives two
-numbers per pair, ``eta_ij = (mu_ij, rho_ij)``: a location and the log-like scale of
+numbers per pair, ``eta_ij = (mu_ij, rho_ij)``: a location and the unconstrained scale of
 :mod:`~deepfactor.likelihoods`; ``eta`` then has a trailing dimension of 2.
 
 Plates and shapes (``S`` is an optional leading sample dimension added by
@@ -64,7 +64,7 @@ class Decoder(nn.Module):
     activation : {"tanh", "relu", "elu"}
     outputs : {1, 2}
         Numbers per pair: ``eta``, or ``(mu, rho)`` for a likelihood with a scale per
-        pair (:attr:`~deepfactor.likelihoods.Likelihood.outputs`). The second output
+        pair (``model.pair_scale``; :mod:`~deepfactor.likelihoods`). The second output
         starts at exactly 0 (zero weights and bias), so a fit starts from the shared
         scale.
     """
