@@ -81,10 +81,11 @@ def test_a_warm_up_cannot_fall_to_its_weight():
                                           "'train.kl_weight' .0.3."):
         small_config(**{"train.kl_warmup_epochs": 2, "train.kl_warmup_start": 0.5,
                         "train.kl_weight": 0.3})
-    # an override that breaks it is blamed on --set, not on the file
+    # an override that breaks it is blamed on --set, naming the file it was set on
     from deepfactor.config import load_config
 
-    with pytest.raises(ConfigError, match=r"^--set: 'train.kl_warmup_start' .*"
+    with pytest.raises(ConfigError, match=r"^--set \(on \S*quasipoisson\.toml\): "
+                                          r"'train.kl_warmup_start' .*"
                                           r"set train.kl_warmup_epochs = 0$"):
         load_config(REPO / "models" / "quasipoisson.toml", ["train.kl_weight=0.005"])
 
