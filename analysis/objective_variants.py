@@ -64,6 +64,7 @@ import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
+from unittest import mock  # noqa: E402
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -149,17 +150,6 @@ def thinned_sketch(inputs, kind: str, keep: float, generator: np.random.Generato
 
 
 @contextmanager
-def swapped(module, name: str, value):
-    """``module.name`` is ``value`` inside the block, and what it was after."""
-    before = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, before)
-
-
-@contextmanager
 def objective(free_bits: float, keep: float, seed: int):
     """Training under this row's objective: the ELBO module, and the encoders' inputs."""
     every_entity = batching._every_entity_fields
@@ -177,8 +167,9 @@ def objective(free_bits: float, keep: float, seed: int):
     def make_elbo(kind: str):
         return FreeBitsELBO(free_bits)
 
-    with swapped(fitting, "make_elbo", make_elbo), \
-            swapped(batching, "_every_entity_fields", inputs_of_step):
+    # each put back when the block ends, also on an error
+    with mock.patch.object(fitting, "make_elbo", make_elbo), \
+            mock.patch.object(batching, "_every_entity_fields", inputs_of_step):
         yield
     if keep < 1.0 and not thinned[0]:
         # batches of a large dataset read only their own entities, through another path

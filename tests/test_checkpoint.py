@@ -123,3 +123,10 @@ def test_loading_a_config_file_as_a_run_says_what_load_reads():
     with pytest.raises(CheckpointError, match=r"ordinal\.toml: not a run; load reads the "
                                               r"folder that `deepfactor fit --out` wrote"):
         load(path)
+
+
+def test_a_text_file_is_not_a_torch_file_rather_than_an_unsafe_one(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_text("[model]\nlikelihood = 'normal'\n")
+    with pytest.raises(CheckpointError, match="truncated or not a torch file: not a zip"):
+        load_checkpoint(path)

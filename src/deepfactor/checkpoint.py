@@ -89,6 +89,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
+    if not zipfile.is_zipfile(path):
+        # torch.save writes a zip archive; torch.load would read anything else as a
+        # legacy pickle and fail with the message of an unsafe file, which misleads
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a "
+                              "torch file: not a zip archive)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

@@ -496,8 +496,6 @@ def make_likelihood(name: str, *, threshold: float | None = 3.0,
         return BernoulliLikelihood(threshold, pair_scale=pair_scale)
     if name == "ordinal":
         return OrdinalLikelihood(levels, pair_scale=pair_scale)
-    if name == "normal":
-        return NormalLikelihood(pair_scale=pair_scale)
     try:
         return LIKELIHOODS[name](pair_scale=pair_scale)
     except KeyError:
